@@ -1,0 +1,59 @@
+"""The one seam through which the pool reaches threads, greenlets and fork.
+
+Everything is looked up *at call time*: with gunicorn ``--preload`` the middleware is
+built in the master before the gevent worker calls ``monkey.patch_all()``, so a lock
+made at import or construction would be a native lock that blocks the gevent hub.
+Asking ``threading`` for a lock when the pool is first used in the worker gives a
+cooperative lock under gevent and a native one under plain threads.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import threading
+from typing import Protocol
+
+
+class Lock(Protocol):
+    """The part of ``threading.Lock`` (native or gevent's) the pool relies on."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def __enter__(self) -> bool: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def new_lock() -> Lock:
+    """A lock of the flavour the current process uses (gevent's once patched)."""
+    return threading.Lock()
+
+
+def get_ident() -> int:
+    """The identity Django checks connections against: the greenlet's under gevent."""
+    return _thread.get_ident()
+
+
+# A counter bumped in every forked child. Pools compare it with the value they were
+# built under; a mismatch means "inherited from the parent: never reuse, never close".
+_fork_generation = 0
+
+
+def fork_generation() -> int:
+    """How many forks separate this process from the one that imported the module."""
+    return _fork_generation
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Guards the lazy creation of per-process pool state. It protects a few attribute
+# assignments with no I/O, so a native lock cannot stall the gevent hub here.
+state_creation_lock = _thread.allocate_lock()

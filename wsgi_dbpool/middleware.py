@@ -1,0 +1,277 @@
+"""``PoolingMiddleware``: one pool of Django connections shared by every greenlet."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import numbers
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from . import _concurrency, binding
+from .binding import AliasPool
+from .errors import PoolTimeout
+from .lease import Lease
+from .response import ClosingIterable, hook_file_wrapper
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger("wsgi_dbpool")
+
+ENVIRON_KEY = "wsgi_dbpool.middleware"
+
+
+class PoolingMiddleware:
+    """Serve each request with database connections from a pool shared by the process.
+
+    Django keeps one connection per thread, and under gevent every greenlet is a
+    thread: persistent connections pile up until the server refuses more, and
+    ``CONN_MAX_AGE = 0`` pays a connect per request. This middleware checks one
+    Django ``DatabaseWrapper`` per alias out of a process-wide pool *before* calling
+    the app, binds it as ``django.db.connections[alias]`` in the request's greenlet,
+    and returns it when the server calls ``close()`` on the response, so streaming
+    responses keep their connection until they are done::
+
+        # wsgi.py
+        from django.core.wsgi import get_wsgi_application
+        from wsgi_dbpool import PoolingMiddleware
+
+        application = PoolingMiddleware(get_wsgi_application(), size=4)
+
+    :param app: the WSGI application to wrap (normally Django's).
+    :param size: idle connections kept per alias between requests (>= 1).
+    :param max_outstanding: at most this many connections checked out at once per
+        alias in this process; requests beyond it wait in arrival order. ``None``:
+        no cap.
+    :param timeout: seconds a request waits at the cap before it is answered with
+        ``503 Service Unavailable`` (``checkout()`` raises :class:`PoolTimeout`).
+        ``None``: wait forever.
+    :param aliases: the ``DATABASES`` aliases to pool; ``None``: all of them.
+    :param skip: ``callable(environ) -> bool``; true means serve the request without
+        checking anything out (health checks, static files), so it never queues
+        behind the cap. Such a request must not use a pooled alias.
+    :param ping_after: a connection idle at least this many seconds is pinged before
+        it is handed out (one round trip); ``None``: never.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        size: int = 4,
+        max_outstanding: int | None = None,
+        timeout: float | None = 30.0,
+        aliases: Iterable[str] | None = None,
+        skip: Callable[[WSGIEnvironment], bool] | None = None,
+        ping_after: float | None = 1.0,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(
+                f"app must be a WSGI application (a callable), got {type(app).__name__}: "
+                f"pass get_wsgi_application(), not its module or its result"
+            )
+        _check_int("size", size, minimum=1)
+        if max_outstanding is not None:
+            _check_int("max_outstanding", max_outstanding, minimum=1)
+            if max_outstanding < size:
+                raise ValueError(
+                    f"max_outstanding={max_outstanding} is below size={size}: the pool "
+                    f"could never fill; raise max_outstanding to at least {size}, or "
+                    f"lower size"
+                )
+        _check_seconds("timeout", timeout)
+        _check_seconds("ping_after", ping_after)
+        if skip is not None and not callable(skip):
+            raise TypeError(
+                f"skip must be a callable taking the WSGI environ, got {type(skip).__name__}"
+            )
+        self.app = app
+        self.size = size
+        self.max_outstanding = max_outstanding
+        self.timeout = timeout
+        self.skip = skip
+        self.ping_after = ping_after
+        self.aliases, unpooled = _resolve_aliases(aliases)
+        self._unpooled = tuple(unpooled)
+        self._pools = [
+            AliasPool(alias, size=size, max_outstanding=max_outstanding, ping_after=ping_after)
+            for alias in self.aliases
+        ]
+        # Releases queued by finalisers of responses nobody closed; see ClosingIterable.
+        self._abandoned: collections.deque[Callable[[], None]] = collections.deque()
+        self._slots: binding._Slots | None = None
+        self._slots_generation = -1
+
+        from django.db.backends.signals import connection_created
+
+        connection_created.connect(
+            binding.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
+        )
+        logger.info(
+            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s",
+            ", ".join(repr(a) for a in self.aliases), size, max_outstanding, timeout, ping_after,
+        )
+
+    # -- WSGI ---------------------------------------------------------------------
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if self._abandoned:
+            self._release_abandoned()
+        environ[ENVIRON_KEY] = self
+        if self.skip is not None and self.skip(environ):
+            return self.app(environ, start_response)
+        try:
+            lease = Lease(self._pools, self._current_slots(), self.timeout, self._unpooled)
+        except PoolTimeout as exc:
+            timed_out = exc
+        else:
+            try:
+                result = self.app(environ, start_response)
+            except BaseException:
+                lease.release()
+                raise
+            file_wrapper = environ.get("wsgi.file_wrapper")
+            if (
+                file_wrapper is not None
+                and isinstance(file_wrapper, type)
+                and isinstance(result, file_wrapper)
+                and hook_file_wrapper(result, lease.release)
+            ):
+                return result
+            return ClosingIterable(result, lease.release, self._abandoned)
+        return self._unavailable(timed_out, environ, start_response)
+
+    def _unavailable(
+        self, exc: PoolTimeout, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        logger.warning(
+            "503 for %s %s: no connection for %r within %.3fs (max_outstanding=%s)",
+            environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+            exc.alias, exc.waited, exc.max_outstanding,
+        )
+        from webob.exc import HTTPServiceUnavailable
+
+        response = HTTPServiceUnavailable(
+            detail="The database connection pool is exhausted; please retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+        return response(environ, start_response)  # type: ignore[no-any-return]
+
+    # -- outside requests ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def checkout(self, timeout: float | None | object = ...) -> Iterator[None]:
+        """Bind pooled connections in the calling greenlet for the ``with`` block.
+
+        For work outside a request: a greenlet spawned by a view, a job. Inside a
+        request (or a nested ``checkout()``) the connections already bound are used.
+        Raises :class:`PoolTimeout` when none can be had within ``timeout``
+        (default: the middleware's).
+        """
+        wait = self.timeout if timeout is ... else timeout
+        _check_seconds("timeout", wait)
+        if self._abandoned:
+            self._release_abandoned()
+        lease = Lease(self._pools, self._current_slots(), wait, self._unpooled)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            lease.release()
+
+    def stats(self) -> dict[str, dict[str, int | float | None]]:
+        """This process's pool, per alias, as a flat dict of numbers.
+
+        ``idle``, ``in_use``, ``waiting``: now. ``size``, ``max_outstanding``: the
+        settings. Lifetime counters: ``checkouts``, ``waits`` (checkouts that had to
+        queue), ``wait_seconds`` (their total wait), ``timeouts``, ``handoffs``
+        (returns given straight to a waiter), ``created`` (wrappers made),
+        ``discarded`` (returns not kept: surplus or closed), ``opened`` and
+        ``closed`` (server connections), ``stale`` (found dead on checkout),
+        ``dirty`` (returned inside a transaction).
+        """
+        if self._abandoned:
+            self._release_abandoned()
+        return {p.alias: p.stats() for p in self._pools}
+
+    def close(self) -> None:
+        """Close every idle pooled connection (worker shutdown); the pool stays usable."""
+        if self._abandoned:
+            self._release_abandoned()
+        for alias_pool in self._pools:
+            closed = alias_pool.close_idle()
+            logger.info("closed %d idle connection(s) of %r", closed, alias_pool.alias)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _current_slots(self) -> binding._Slots:
+        # Made in the process (and after the monkey-patching) that serves requests.
+        generation = _concurrency.fork_generation()
+        if self._slots is None or self._slots_generation != generation:
+            self._slots = binding._Slots()
+            self._slots_generation = generation
+        return self._slots
+
+    def _release_abandoned(self) -> None:
+        while self._abandoned:
+            try:
+                release = self._abandoned.popleft()
+            except IndexError:
+                return
+            logger.warning(
+                "a response was dropped without close() (a server that breaks PEP 3333?): "
+                "returned its connections when it was garbage-collected"
+            )
+            try:
+                release()
+            except Exception:
+                logger.exception("returning the connections of a dropped response failed")
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:  # type: ignore[operator]
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if value < 0:  # type: ignore[operator]
+        raise ValueError(
+            f"{name} must be >= 0 seconds (or None for no limit), got {value!r}"
+        )
+
+
+def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], list[str]]:
+    """The pooled aliases in lock order, and the others; checks names against DATABASES."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    databases: dict[str, Any] = settings.DATABASES
+    if isinstance(aliases, str):
+        raise TypeError(
+            f"aliases must be a list of DATABASES aliases, got the string {aliases!r}: "
+            f"write aliases=[{aliases!r}]"
+        )
+    chosen = list(databases) if aliases is None else list(aliases)
+    if not chosen:
+        raise ValueError(
+            "aliases names no database: pass None to pool every DATABASES alias, "
+            "or list the ones to pool"
+        )
+    unknown = [a for a in chosen if a not in databases]
+    if unknown:
+        raise ImproperlyConfigured(
+            f"aliases {unknown!r} are not in settings.DATABASES (it has "
+            f"{sorted(databases)!r}); fix the names or add them to DATABASES"
+        )
+    pooled = tuple(sorted(set(chosen)))
+    for alias in pooled:
+        binding.warn_if_conn_max_age_zero(alias, databases[alias])
+    return pooled, [a for a in databases if a not in pooled]

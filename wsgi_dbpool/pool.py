@@ -1,0 +1,266 @@
+"""A bounded, fair pool of reusable objects: the mechanism, with no Django in it.
+
+The pool counts *slots*: an object checked out, or being created for a caller, holds
+one. ``max_outstanding`` caps the slots; ``size`` caps the idle objects kept between
+uses. Callers beyond the cap wait in arrival order, and a returned object is handed
+straight to the oldest waiter (never closed while someone is about to open a new
+one). What "reusable" means (clean, stale, dirty) is the caller's policy: see
+:mod:`wsgi_dbpool.binding`.
+
+Every critical section below is a handful of attribute and deque operations with no
+I/O and no call into user code, so it never yields to another greenlet; creating,
+checking and disposing of objects always happens outside the lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Callable, Generic, TypeVar
+
+from . import _concurrency
+from .errors import PoolTimeout
+
+T = TypeVar("T")
+
+logger = logging.getLogger("wsgi_dbpool")
+
+# What a waiter holds until it is served: nothing yet, or a bare slot to fill itself.
+_NOTHING: object = object()
+_SLOT: object = object()
+
+
+class _Waiter:
+    """One caller waiting for a slot; woken by releasing its private lock.
+
+    The hand-off is *accepted* under the pool lock: a waiter that times out at the
+    very moment it is served keeps what it was given, so nothing is lost.
+    """
+
+    __slots__ = ("gift", "signal")
+
+    def __init__(self) -> None:
+        self.signal = _concurrency.new_lock()
+        self.signal.acquire()
+        self.gift: object = _NOTHING
+
+    def serve(self, gift: object) -> None:
+        self.gift = gift
+        self.signal.release()
+
+
+class _ProcessState(Generic[T]):
+    """What belongs to one process: made lazily there, abandoned (never used) after fork."""
+
+    __slots__ = (
+        "lock", "idle", "waiters", "outstanding", "generation",
+        "checkouts", "waits", "timeouts", "created", "handoffs", "discarded", "wait_seconds",
+    )
+
+    def __init__(self, generation: int) -> None:
+        self.lock = _concurrency.new_lock()
+        self.idle: collections.deque[tuple[T, float]] = collections.deque()
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.outstanding = 0
+        self.generation = generation
+        self.checkouts = 0
+        self.waits = 0
+        self.timeouts = 0
+        self.created = 0
+        self.handoffs = 0
+        self.discarded = 0
+        self.wait_seconds = 0.0
+
+
+# Objects a forked child inherited idle from its parent. They are kept referenced so
+# that no finaliser ever closes them on the wire (psycopg sends Terminate on GC, which
+# would kill the parent's session); the child simply never touches them.
+_inherited: list[object] = []
+
+
+class Pool(Generic[T]):
+    """Slots, idle objects and a FIFO of waiters for one resource (one database alias).
+
+    :param name: used in errors and logs (the database alias).
+    :param create: makes a new object; called outside the lock with a slot reserved.
+        If it raises, the slot is given back and the error propagates unchanged.
+    :param dispose: gets rid of a surplus object; called outside the lock.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        create: Callable[[], T],
+        dispose: Callable[[T], None],
+        size: int,
+        max_outstanding: int | None,
+    ) -> None:
+        self.name = name
+        self.size = size
+        self.max_outstanding = max_outstanding
+        self._create = create
+        self._dispose = dispose
+        self._state: _ProcessState[T] | None = None
+
+    # -- per-process state -------------------------------------------------------
+
+    def _current(self) -> _ProcessState[T]:
+        state = self._state
+        generation = _concurrency.fork_generation()
+        if state is not None and state.generation == generation:
+            return state
+        with _concurrency.state_creation_lock:
+            state = self._state
+            if state is None or state.generation != generation:
+                if state is not None:
+                    # Inherited from the parent: the sockets are shared with it.
+                    _inherited.extend(obj for obj, _ in state.idle)
+                    if state.idle:
+                        logger.info(
+                            "pool %r: left %d connection(s) inherited through fork untouched",
+                            self.name, len(state.idle),
+                        )
+                state = self._state = _ProcessState(generation)
+        return state
+
+    # -- checkout ----------------------------------------------------------------
+
+    def acquire(self, timeout: float | None) -> tuple[T, float | None]:
+        """Take an object, waiting up to ``timeout`` seconds (None: forever) at the cap.
+
+        Returns the object and the monotonic time it was last returned (None when it
+        was just created), so the caller can decide whether it needs a health check.
+        """
+        state = self._current()
+        with state.lock:
+            # Newcomers never overtake waiting callers: with a queue, join its end.
+            if not state.waiters:
+                if state.idle:
+                    state.outstanding += 1
+                    state.checkouts += 1
+                    return state.idle.pop()
+                if self.max_outstanding is None or state.outstanding < self.max_outstanding:
+                    state.outstanding += 1
+                    state.checkouts += 1
+                    waiter = None
+                else:
+                    waiter = _Waiter()
+            else:
+                waiter = _Waiter()
+            if waiter is not None:
+                state.waits += 1
+                state.waiters.append(waiter)
+        if waiter is None:
+            return self._create_in_slot(state), None
+        gift = self._wait(state, waiter, timeout)
+        if gift is _SLOT:
+            return self._create_in_slot(state), None
+        # A handed-off object was in use a moment ago: it needs no health check.
+        return gift, None  # type: ignore[return-value]
+
+    def _create_in_slot(self, state: _ProcessState[T]) -> T:
+        try:
+            obj = self._create()
+        except BaseException:
+            self._give_back_slot(state)
+            raise
+        with state.lock:
+            state.created += 1
+        return obj
+
+    def _wait(self, state: _ProcessState[T], waiter: _Waiter, timeout: float | None) -> object:
+        started = time.monotonic()
+        try:
+            waiter.signal.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:
+            # Killed while waiting (GreenletExit, gevent.Timeout, KeyboardInterrupt):
+            # leave the queue, or pass on what we were handed, then die.
+            with state.lock:
+                gift = waiter.gift
+                if gift is _NOTHING:
+                    state.waiters.remove(waiter)
+            if gift is _SLOT:
+                self._give_back_slot(state)
+            elif gift is not _NOTHING:
+                self.release(gift, reusable=True)  # type: ignore[arg-type]
+            raise
+        waited = time.monotonic() - started
+        with state.lock:
+            state.wait_seconds += waited
+            gift = waiter.gift
+            if gift is _NOTHING:
+                state.waiters.remove(waiter)
+                state.timeouts += 1
+            else:
+                state.checkouts += 1
+        if gift is _NOTHING:
+            raise PoolTimeout(self.name, waited, self.max_outstanding)
+        return gift
+
+    # -- return ------------------------------------------------------------------
+
+    def release(self, obj: T, *, reusable: bool) -> None:
+        """Give back a checked-out object; exactly once per successful :meth:`acquire`.
+
+        With someone waiting, the object (reusable or not: the caller has already
+        made it safe, e.g. closed its connection) goes straight to them. Otherwise a
+        reusable object is kept idle while fewer than ``size`` are, and anything else
+        is disposed of outside the lock.
+        """
+        state = self._current()
+        surplus = False
+        with state.lock:
+            if state.outstanding <= 0:
+                raise RuntimeError(f"pool {self.name!r}: release without a checkout")
+            if state.waiters:
+                state.handoffs += 1
+                state.waiters.popleft().serve(obj)
+            else:
+                state.outstanding -= 1
+                if reusable and len(state.idle) < self.size:
+                    state.idle.append((obj, time.monotonic()))
+                else:
+                    surplus = True
+                    state.discarded += 1
+        if surplus:
+            self._dispose(obj)
+
+    def _give_back_slot(self, state: _ProcessState[T]) -> None:
+        with state.lock:
+            if state.waiters:
+                state.waiters.popleft().serve(_SLOT)
+            else:
+                state.outstanding -= 1
+
+    # -- maintenance -------------------------------------------------------------
+
+    def drain_idle(self) -> int:
+        """Dispose of every idle object (worker shutdown); the pool stays usable."""
+        state = self._current()
+        with state.lock:
+            idle = [obj for obj, _ in state.idle]
+            state.idle.clear()
+        for obj in idle:
+            self._dispose(obj)
+        return len(idle)
+
+    def stats(self) -> dict[str, int | float | None]:
+        """A flat snapshot of this process's counts; see :meth:`PoolingMiddleware.stats`."""
+        state = self._current()
+        with state.lock:
+            return {
+                "size": self.size,
+                "max_outstanding": self.max_outstanding,
+                "idle": len(state.idle),
+                "in_use": state.outstanding,
+                "waiting": len(state.waiters),
+                "checkouts": state.checkouts,
+                "waits": state.waits,
+                "wait_seconds": round(state.wait_seconds, 6),
+                "timeouts": state.timeouts,
+                "handoffs": state.handoffs,
+                "created": state.created,
+                "discarded": state.discarded,
+            }
