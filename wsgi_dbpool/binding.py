@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import _concurrency
 from .pool import Pool
@@ -27,9 +28,9 @@ logger = logging.getLogger("wsgi_dbpool")
 
 UNBOUND: Any = object()
 
-# Attributes this library sets on the wrappers it creates.
+# Attributes this library sets on the wrappers it creates (and ``_wsgi_dbpool_holder``,
+# the ident of the greenlet holding it, or None).
 _POOL_ATTR = "_wsgi_dbpool_pool"  # the AliasPool that owns the wrapper
-_HOLDER_ATTR = "_wsgi_dbpool_holder"  # ident of the greenlet/thread holding it, or None
 _OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
 
 
@@ -39,29 +40,25 @@ def _connections() -> Any:
     return connections
 
 
-class _Slots:
-    """Direct access to the storage behind ``django.db.connections``.
+class ConnectionSlots:
+    """Finds the object behind ``django.db.connections`` that holds each greenlet's wrappers.
 
-    ``connections[alias] = w`` goes through asgiref's ``Local``, which asks asyncio
-    for a running loop on every access (about 1 µs each, four times a request). In a
-    WSGI worker no loop runs in the request's thread, so asgiref would use its plain
-    thread-local anyway; we use that same object directly when it is there, and
-    Django's public protocol otherwise.
+    ``connections[alias] = w`` is ``setattr(connections._connections, alias, w)`` on
+    asgiref's ``Local``, which asks asyncio for a running loop on every access (about
+    1 µs, four times a request). In a WSGI worker no loop runs in the request's
+    thread, so asgiref would use its plain thread-local anyway: we use that same
+    object directly when it is there, and the ``Local`` itself otherwise. Either way
+    ``getattr``/``setattr``/``delattr`` on :attr:`storage` mean exactly what they
+    mean on ``connections``.
     """
 
     def __init__(self) -> None:
-        connections = _connections()
-        local = connections._connections
+        local = _connections()._connections
         storage = getattr(local, "_storage", None)
         if type(local).__name__ == "_ThreadCriticalLocal" and storage is not None:
-            storage = _repair_pre_patch_local(local, storage)
-            self.get: Callable[[str], Any] = lambda alias: getattr(storage, alias, UNBOUND)
-            self.set: Callable[[str, Any], None] = lambda alias, w: setattr(storage, alias, w)
-            self.unset: Callable[[str], None] = lambda alias: delattr(storage, alias)
-        else:  # pragma: no cover - other asgiref versions
-            self.get = lambda alias: getattr(local, alias, UNBOUND)
-            self.set = connections.__setitem__
-            self.unset = connections.__delitem__
+            self.storage: Any = _repair_pre_patch_local(local, storage)
+        else:  # pragma: no cover - other asgiref versions: the public path
+            self.storage = local
 
 
 def _repair_pre_patch_local(local: Any, storage: Any) -> Any:
@@ -73,8 +70,8 @@ def _repair_pre_patch_local(local: Any, storage: Any) -> Any:
     for one request would bind it for all. When we see that, we give ``connections``
     a fresh, patched local (nothing useful is lost: the master serves no requests).
     """
-    import sys
     import _thread
+    import sys
     import threading
 
     gevent_monkey = sys.modules.get("gevent.monkey")
@@ -97,20 +94,25 @@ def _in_transaction_flag(raw: Any) -> bool:
     Catches ``BEGIN`` sent by hand in autocommit mode, which Django's own flags miss.
     Unknown drivers report False: Django's flags are then all we go by.
     """
-    status = getattr(raw, "server_status", None)  # PyMySQL / mysqlclient-like
-    if isinstance(status, int):
-        return bool(status & 1)  # SERVER_STATUS_IN_TRANS
-    in_transaction = getattr(raw, "in_transaction", None)  # sqlite3
-    if isinstance(in_transaction, bool):
-        return in_transaction
-    info = getattr(raw, "info", None)  # psycopg 3: IDLE is 0
-    status = getattr(info, "transaction_status", None)
-    if status is not None:
-        return int(status) != 0
-    get_status = getattr(raw, "get_transaction_status", None)  # psycopg2: IDLE is 0
-    if callable(get_status):
-        return int(get_status()) != 0
-    return False
+    probe = _TRANSACTION_PROBES.get(type(raw))
+    if probe is None:
+        probe = _TRANSACTION_PROBES[type(raw)] = _transaction_probe_for(raw)
+    return probe(raw)
+
+
+def _transaction_probe_for(raw: Any) -> Callable[[Any], bool]:
+    if isinstance(getattr(raw, "server_status", None), int):  # PyMySQL, mysqlclient-like
+        return lambda c: bool(c.server_status & 1)  # SERVER_STATUS_IN_TRANS
+    if isinstance(getattr(raw, "in_transaction", None), bool):  # sqlite3
+        return lambda c: bool(c.in_transaction)
+    if getattr(getattr(raw, "info", None), "transaction_status", None) is not None:
+        return lambda c: int(c.info.transaction_status) != 0  # psycopg 3: IDLE is 0
+    if callable(getattr(raw, "get_transaction_status", None)):
+        return lambda c: int(c.get_transaction_status()) != 0  # psycopg2: IDLE is 0
+    return lambda c: False
+
+
+_TRANSACTION_PROBES: dict[type, Callable[[Any], bool]] = {}
 
 
 class AliasPool:
@@ -139,10 +141,6 @@ class AliasPool:
             size=size,
             max_outstanding=max_outstanding,
         )
-        self.stale = 0
-        self.dirty = 0
-        self.opened = 0
-        self.closed = 0
 
     # -- wrapper lifecycle --------------------------------------------------------
 
@@ -150,7 +148,7 @@ class AliasPool:
         # Django's own factory: no I/O, the wrapper connects on first use.
         wrapper = _connections().create_connection(self.alias)
         setattr(wrapper, _POOL_ATTR, self)
-        setattr(wrapper, _HOLDER_ATTR, None)
+        wrapper._wsgi_dbpool_holder = None
         setattr(wrapper, _OPEN_ATTR, False)
         return wrapper
 
@@ -170,22 +168,27 @@ class AliasPool:
         self.note_closed(wrapper)
 
     def note_opened(self, wrapper: BaseDatabaseWrapper) -> None:
+        if getattr(wrapper, _OPEN_ATTR, False):
+            # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
+            self.pool.count("closed")
         setattr(wrapper, _OPEN_ATTR, True)
-        self.opened += 1
+        self.pool.count("opened")
 
     def note_closed(self, wrapper: BaseDatabaseWrapper) -> None:
         closed = wrapper.connection is None or wrapper.closed_in_transaction
         if closed and getattr(wrapper, _OPEN_ATTR, False):
             setattr(wrapper, _OPEN_ATTR, False)
-            self.closed += 1
+            self.pool.count("closed")
 
     # -- checkout -----------------------------------------------------------------
 
-    def checkout(self, timeout: float | None) -> BaseDatabaseWrapper:
-        """A wrapper owned by the calling greenlet, checked if it sat idle a while."""
+    def checkout(self, timeout: float | None, ident: int) -> Any:
+        """A wrapper owned by greenlet ``ident``, checked if it sat idle a while."""
+        wrapper: Any
         wrapper, idle_since = self.pool.acquire(timeout)
-        wrapper._thread_ident = _concurrency.get_ident()
-        setattr(wrapper, _HOLDER_ATTR, wrapper._thread_ident)
+        # Ownership moves to the caller; Django checks it on every use.
+        wrapper._thread_ident = ident
+        wrapper._wsgi_dbpool_holder = ident
         if (
             idle_since is not None
             and self.ping_after is not None
@@ -200,11 +203,14 @@ class AliasPool:
         # the wrapper is closed and the request gets it anyway: it reconnects lazily.
         try:
             alive = wrapper.is_usable()
-        except BaseException:
-            self.pool.release(wrapper, reusable=False)
+        except BaseException:  # killed mid-ping: the socket may be mid-protocol
+            try:
+                self._close(wrapper, "interrupted during the health check")
+            finally:
+                self.pool.release(wrapper, reusable=False)
             raise
         if not alive:
-            self.stale += 1
+            self.pool.count("stale")
             logger.warning(
                 "discarded a stale connection of %r (closed by the server while idle)",
                 self.alias,
@@ -213,68 +219,69 @@ class AliasPool:
 
     # -- return -------------------------------------------------------------------
 
-    def checkin(self, wrapper: BaseDatabaseWrapper) -> None:
-        """Make the wrapper safe for the next holder, then give it back to the pool."""
-        wrapper._thread_ident = _concurrency.get_ident()
-        setattr(wrapper, _HOLDER_ATTR, None)
-        giving, reusable = wrapper, False
-        try:
-            giving, reusable = self._reset(wrapper)
-        finally:
-            self.pool.release(giving, reusable=reusable)
+    def checkin(self, wrapper: Any, broken: bool = False) -> None:
+        """Make the wrapper safe for the next holder, then give it back to the pool.
 
-    def _reset(self, wrapper: BaseDatabaseWrapper) -> tuple[BaseDatabaseWrapper, bool]:
+        A wrapper whose server connection was closed on the way (stale, dirty,
+        obsolete) still goes back: it is clean and reconnects on first use, and a
+        request that never touches the database then costs no new wrapper.
+        """
+        wrapper._wsgi_dbpool_holder = None
+        giving = wrapper
+        try:
+            if broken:
+                self._close(wrapper, "the work was interrupted mid-way")
+            giving = self._reset(wrapper)
+        finally:
+            self.pool.release(giving, reusable=True)
+
+    def _reset(self, wrapper: BaseDatabaseWrapper) -> BaseDatabaseWrapper:
         """The return path, in order: closed, atomic, transaction, errors, age.
 
-        Returns the wrapper to give back (the same one, or a fresh one standing in
-        for a wrapper Django can no longer reset) and whether it may be kept idle. A
-        wrapper whose connection is closed still goes to a waiter: it reconnects on
-        first use.
+        Returns the wrapper to give back: the same one, or a fresh one standing in
+        for a wrapper Django can no longer reset.
         """
         if wrapper.connection is None:
             self.note_closed(wrapper)
-            return wrapper, False
+            return wrapper
         if wrapper.in_atomic_block:
-            # Django forbids rollback inside atomic(); the only safe move is to close.
-            # close() then marks the wrapper closed-in-transaction: replace it.
-            self.dirty += 1
+            # Django forbids rollback inside atomic(); the only safe move is to close,
+            # after which the wrapper stays marked closed-in-transaction: replace it.
+            self.pool.count("dirty")
             logger.warning(
                 "discarded a connection of %r returned inside an atomic block", self.alias
             )
             self._close(wrapper, "inside an atomic block")
-            return self._create(), False
+            return self._create()
         if (
             wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
             or _in_transaction_flag(wrapper.connection)
         ):
-            self.dirty += 1
-            return wrapper, self._roll_back(wrapper)
-        if wrapper.errors_occurred:
+            self.pool.count("dirty")
+            self._roll_back(wrapper)
+        elif wrapper.errors_occurred:
             # Django's own rule: after a database error, keep it only if it answers.
+            wrapper._thread_ident = _concurrency.get_ident()
             wrapper.close_if_unusable_or_obsolete()
             self.note_closed(wrapper)
-            return wrapper, wrapper.connection is not None
-        if wrapper.close_at is not None and time.monotonic() >= wrapper.close_at:
+        elif wrapper.close_at is not None and time.monotonic() >= wrapper.close_at:
             self._close(wrapper, "older than CONN_MAX_AGE")
-            return wrapper, False
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next request
-        return wrapper, True
+        return wrapper
 
-    def _roll_back(self, wrapper: BaseDatabaseWrapper) -> bool:
+    def _roll_back(self, wrapper: BaseDatabaseWrapper) -> None:
+        wrapper._thread_ident = _concurrency.get_ident()  # whoever returns it may act on it
         try:
             wrapper.rollback()
             wrapper.set_autocommit(wrapper.settings_dict["AUTOCOMMIT"])
         except Exception as exc:
             logger.warning(
-                "discarded a connection of %r left in a transaction: rollback failed: %r",
+                "closed a connection of %r left in a transaction: rollback failed: %r",
                 self.alias, exc,
             )
             self._close(wrapper, "rollback failed")
-            return False
-        logger.warning(
-            "rolled back a transaction left open on a connection of %r", self.alias
-        )
-        return True
+            return
+        logger.warning("rolled back a transaction left open on a connection of %r", self.alias)
 
     # -- maintenance --------------------------------------------------------------
 
@@ -282,11 +289,7 @@ class AliasPool:
         return self.pool.drain_idle()
 
     def stats(self) -> dict[str, int | float | None]:
-        stats = self.pool.stats()
-        stats.update(
-            opened=self.opened, closed=self.closed, stale=self.stale, dirty=self.dirty
-        )
-        return stats
+        return {"opened": 0, "closed": 0, "stale": 0, "dirty": 0, **self.pool.stats()}
 
 
 def warn_if_conn_max_age_zero(alias: str, settings: dict[str, Any]) -> None:
@@ -309,7 +312,3 @@ def on_connection_created(sender: object, connection: Any, **kwargs: object) -> 
         owner.note_opened(connection)
 
 
-def held_by_current(wrapper: Any) -> bool:
-    """Whether ``wrapper`` is a pooled wrapper checked out by the calling greenlet."""
-    holder = getattr(wrapper, _HOLDER_ATTR, None)
-    return holder is not None and holder == _concurrency.get_ident()

@@ -6,12 +6,13 @@ import collections
 import contextlib
 import logging
 import numbers
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import _concurrency, binding
 from .binding import AliasPool
 from .errors import PoolTimeout
-from .lease import Lease
+from .lease import Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
 
 if TYPE_CHECKING:
@@ -99,9 +100,9 @@ class PoolingMiddleware:
             for alias in self.aliases
         ]
         # Releases queued by finalisers of responses nobody closed; see ClosingIterable.
-        self._abandoned: collections.deque[Callable[[], None]] = collections.deque()
-        self._slots: binding._Slots | None = None
-        self._slots_generation = -1
+        self._abandoned: collections.deque[Callable[[bool], None]] = collections.deque()
+        self._storage: Any = None
+        self._storage_generation = -1
 
         from django.db.backends.signals import connection_created
 
@@ -124,14 +125,14 @@ class PoolingMiddleware:
         if self.skip is not None and self.skip(environ):
             return self.app(environ, start_response)
         try:
-            lease = Lease(self._pools, self._current_slots(), self.timeout, self._unpooled)
+            lease = Lease(self._pools, self._connection_storage(), self.timeout, self._unpooled)
         except PoolTimeout as exc:
             timed_out = exc
         else:
             try:
                 result = self.app(environ, start_response)
-            except BaseException:
-                lease.release()
+            except BaseException as exc:
+                lease.release(broken=interrupted(exc))
                 raise
             file_wrapper = environ.get("wsgi.file_wrapper")
             if (
@@ -163,7 +164,7 @@ class PoolingMiddleware:
     # -- outside requests ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def checkout(self, timeout: float | None | object = ...) -> Iterator[None]:
+    def checkout(self, timeout: float | object | None = ...) -> Iterator[None]:
         """Bind pooled connections in the calling greenlet for the ``with`` block.
 
         For work outside a request: a greenlet spawned by a view, a job. Inside a
@@ -175,10 +176,13 @@ class PoolingMiddleware:
         _check_seconds("timeout", wait)
         if self._abandoned:
             self._release_abandoned()
-        lease = Lease(self._pools, self._current_slots(), wait, self._unpooled)  # type: ignore[arg-type]
+        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled)  # type: ignore[arg-type]
         try:
             yield
-        finally:
+        except BaseException as exc:
+            lease.release(broken=interrupted(exc))
+            raise
+        else:
             lease.release()
 
     def stats(self) -> dict[str, dict[str, int | float | None]]:
@@ -206,13 +210,12 @@ class PoolingMiddleware:
 
     # -- internals ----------------------------------------------------------------
 
-    def _current_slots(self) -> binding._Slots:
-        # Made in the process (and after the monkey-patching) that serves requests.
-        generation = _concurrency.fork_generation()
-        if self._slots is None or self._slots_generation != generation:
-            self._slots = binding._Slots()
-            self._slots_generation = generation
-        return self._slots
+    def _connection_storage(self) -> Any:
+        # Found in the process (and after the monkey-patching) that serves requests.
+        if self._storage_generation != _concurrency.fork_generation():
+            self._storage = binding.ConnectionSlots().storage
+            self._storage_generation = _concurrency.fork_generation()
+        return self._storage
 
     def _release_abandoned(self) -> None:
         while self._abandoned:
@@ -225,7 +228,7 @@ class PoolingMiddleware:
                 "returned its connections when it was garbage-collected"
             )
             try:
-                release()
+                release(False)
             except Exception:
                 logger.exception("returning the connections of a dropped response failed")
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from . import _concurrency
 from .errors import PoolTimeout
@@ -54,12 +55,23 @@ class _ProcessState(Generic[T]):
     """What belongs to one process: made lazily there, abandoned (never used) after fork."""
 
     __slots__ = (
-        "lock", "idle", "waiters", "outstanding", "generation",
-        "checkouts", "waits", "timeouts", "created", "handoffs", "discarded", "wait_seconds",
+        "checkouts",
+        "created",
+        "discarded",
+        "events",
+        "generation",
+        "handoffs",
+        "idle",
+        "lock",
+        "outstanding",
+        "timeouts",
+        "wait_seconds",
+        "waiters",
+        "waits",
     )
 
     def __init__(self, generation: int) -> None:
-        self.lock = _concurrency.new_lock()
+        self.lock = _concurrency.new_guard_lock()
         self.idle: collections.deque[tuple[T, float]] = collections.deque()
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self.outstanding = 0
@@ -71,6 +83,7 @@ class _ProcessState(Generic[T]):
         self.handoffs = 0
         self.discarded = 0
         self.wait_seconds = 0.0
+        self.events: dict[str, int] = {}
 
 
 # Objects a forked child inherited idle from its parent. They are kept referenced so
@@ -108,9 +121,12 @@ class Pool(Generic[T]):
 
     def _current(self) -> _ProcessState[T]:
         state = self._state
-        generation = _concurrency.fork_generation()
-        if state is not None and state.generation == generation:
+        if state is not None and state.generation == _concurrency._fork_generation:
             return state
+        return self._new_state()
+
+    def _new_state(self) -> _ProcessState[T]:
+        generation = _concurrency.fork_generation()
         with _concurrency.state_creation_lock:
             state = self._state
             if state is None or state.generation != generation:
@@ -246,6 +262,12 @@ class Pool(Generic[T]):
             self._dispose(obj)
         return len(idle)
 
+    def count(self, event: str) -> None:
+        """Count an event of the caller's policy (per process, like every counter here)."""
+        state = self._current()
+        with state.lock:
+            state.events[event] = state.events.get(event, 0) + 1
+
     def stats(self) -> dict[str, int | float | None]:
         """A flat snapshot of this process's counts; see :meth:`PoolingMiddleware.stats`."""
         state = self._current()
@@ -263,4 +285,5 @@ class Pool(Generic[T]):
                 "handoffs": state.handoffs,
                 "created": state.created,
                 "discarded": state.discarded,
+                **state.events,
             }

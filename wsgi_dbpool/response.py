@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .lease import interrupted
 
 if TYPE_CHECKING:
     import collections
@@ -21,21 +24,31 @@ class ClosingIterable:
     outside the garbage collector (which may run while a pool lock is held).
     """
 
-    __slots__ = ("_iterable", "_release", "_closed", "_abandoned")
+    __slots__ = ("_abandoned", "_broken", "_closed", "_iterable", "_release")
 
     def __init__(
         self,
         iterable: Iterable[bytes],
-        release: Callable[[], None],
-        abandoned: collections.deque[Callable[[], None]],
+        release: Callable[[bool], None],
+        abandoned: collections.deque[Callable[[bool], None]],
     ) -> None:
         self._iterable = iterable
         self._release = release
         self._abandoned = abandoned
         self._closed = False
+        self._broken = False
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._iterable)
+        try:
+            yield from self._iterable
+        except GeneratorExit:
+            # The server stopped iterating between chunks (client gone): the
+            # connection is idle, not mid-query, and stays reusable.
+            raise
+        except BaseException as exc:
+            # Raised while producing a chunk, perhaps in the middle of a query.
+            self._broken = interrupted(exc)
+            raise
 
     def close(self) -> None:
         if self._closed:
@@ -46,7 +59,7 @@ class ClosingIterable:
             if close is not None:
                 close()
         finally:
-            self._release()  # an error from the inner close() still propagates
+            self._release(self._broken)  # an error from the inner close() still propagates
 
     def __del__(self) -> None:
         if not self._closed:
@@ -54,7 +67,7 @@ class ClosingIterable:
             self._abandoned.append(self._release)
 
 
-def hook_file_wrapper(result: Any, release: Callable[[], None]) -> bool:
+def hook_file_wrapper(result: Any, release: Callable[[bool], None]) -> bool:
     """Chain ``release`` onto a server file wrapper's ``close``, keeping its sendfile path.
 
     Servers (gunicorn among them) send a response with ``sendfile()`` only when the
@@ -73,7 +86,7 @@ def hook_file_wrapper(result: Any, release: Callable[[], None]) -> bool:
             if inner_close is not None:
                 inner_close()
         finally:
-            release()
+            release(False)
 
     try:
         result.close = close

@@ -1,0 +1,44 @@
+# The two commands a new user needs:  `make demo`  and  `make test`.
+# Each creates its own virtualenv and installs what it needs (MariaDB via apt-get).
+
+PYTHON ?= python3
+DJANGO ?= 5.2
+VENV ?= .venv-django$(DJANGO)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo storm test test-one lint bench bench-overhead clean
+
+$(STAMP): setup.py requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt "Django~=$(DJANGO).0" -e .
+	touch $@
+
+## demo: the demo site on http://127.0.0.1:8000 (SQLite; DEMO_DB=mariadb for a throwaway MariaDB)
+demo: $(STAMP)
+	$(BIN)/python -m demo
+
+## storm: the before/after burst against the demo on a throwaway MariaDB
+storm: $(STAMP)
+	$(BIN)/python -m demo.storm
+
+## test: the whole suite, on Django 5.2 and 4.2, against a throwaway MariaDB
+test:
+	$(MAKE) test-one DJANGO=5.2
+	$(MAKE) test-one DJANGO=4.2
+
+test-one: $(STAMP)
+	$(BIN)/python -c "from tests.mariadb import ensure_installed; ensure_installed()"
+	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsgi_dbpool tests bench demo
+	$(BIN)/mypy
+
+## bench-overhead: the middleware's own cost per request beside SQLAlchemy's QueuePool
+bench-overhead: $(STAMP)
+	$(BIN)/python -m bench.overhead
+
+clean:
+	rm -rf .venv-django* build dist *.egg-info

@@ -1,0 +1,169 @@
+"""Session fixtures: a throwaway MariaDB, a configured Django, servers and clients.
+
+The suite runs under gevent: ``make test`` starts pytest through
+``python -m gevent.monkey --module pytest`` so that everything is patched before any
+module is imported. Tests that need an unpatched process (plain threads, gunicorn
+``--preload``) run their own subprocess.
+"""
+
+from __future__ import annotations
+
+import gevent.monkey
+
+if not gevent.monkey.is_module_patched("socket"):  # plain `pytest`: patch as early as we can
+    gevent.monkey.patch_all()
+
+import contextlib
+import http.client
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import gevent.pywsgi
+import pytest
+from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
+
+ITEMS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS app.items "
+    "(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL) ENGINE=InnoDB"
+)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    ensure_installed()
+    server = MariaDBServer(max_connections=200)
+    server.start()
+    server.admin_query(ITEMS_TABLE)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def django_site(mariadb: MariaDBServer) -> MariaDBServer:
+    """Django configured once for the session, every alias on the throwaway server."""
+    import django
+    from django.conf import settings
+
+    install_pymysql()
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="tests-only",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="tests.site",
+        INSTALLED_APPS=[],
+        MIDDLEWARE=[],
+        USE_TZ=True,
+        LOGGING_CONFIG=None,
+        DATABASES={
+            "default": mariadb.django_settings(conn_max_age=60),
+            "other": mariadb.django_settings(conn_max_age=60),
+            "short": mariadb.django_settings(conn_max_age=1),
+        },
+    )
+    django.setup()
+    return mariadb
+
+
+@pytest.fixture
+def db(django_site: MariaDBServer) -> Iterator[MariaDBServer]:
+    """The server, with no app connection left over from an earlier test."""
+    django_site.kill_user("app")
+    wait_until(lambda: django_site.connection_count("app") == 0, what="app connections gone")
+    django_site.admin_query("TRUNCATE TABLE app.items")
+    yield django_site
+
+
+@pytest.fixture
+def make_app(db: MariaDBServer) -> Iterator[Callable[..., Any]]:
+    """Builds a PoolingMiddleware over Django's handler; checks for leaks afterwards."""
+    from django.core.wsgi import get_wsgi_application
+
+    from wsgi_dbpool import PoolingMiddleware
+
+    made: list[PoolingMiddleware] = []
+
+    def factory(inner: Any = None, **kwargs: Any) -> PoolingMiddleware:
+        kwargs.setdefault("aliases", ["default"])
+        app = PoolingMiddleware(inner or get_wsgi_application(), **kwargs)
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        wait_until(
+            lambda: all(s["in_use"] == 0 for s in app.stats().values()),
+            what="every connection returned",
+        )
+        app.close()
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        gevent.sleep(0.01)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """A real gevent WSGI server on a free loopback port; yields its address."""
+    server = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None, error_log=logging.getLogger("pywsgi"))
+    server.start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.stop(timeout=5)
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def lines(self) -> list[Any]:
+        return [json.loads(line) for line in self.body.splitlines() if line.strip()]
+
+
+def get(address: str, path: str, *, timeout: float = 20.0, method: str = "GET") -> Response:
+    """One HTTP request on a new connection (cooperative under gevent)."""
+    host, port = address.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def call(app: Any, path: str, **environ: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call a WSGI app in-process like a well-behaved server: iterate, then close()."""
+    from webob import Request
+
+    captured: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured["status"], captured["headers"] = status, headers
+        return lambda data: None
+
+    env = Request.blank(path).environ
+    env.update(environ)
+    result = app(env, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return captured["status"], captured["headers"], body

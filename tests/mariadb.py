@@ -1,0 +1,321 @@
+"""A throwaway MariaDB server for the tests, the demo and the benchmarks.
+
+It lives in a temporary datadir, listens on a loopback port and its own socket, and
+is gone (process and files) after :meth:`MariaDBServer.stop` or at interpreter exit.
+The application connects as a dedicated user ``app``, so that what the server
+reports for that user (``SHOW PROCESSLIST``) is the application's doing alone; the
+admin helpers connect as ``root`` over the unix socket.
+
+``python -m tests.mariadb`` starts one and waits for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+logger = logging.getLogger("tests.mariadb")
+
+_SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+
+
+def _which(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in _SEARCH:
+        candidate = os.path.join(folder, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def ensure_installed() -> None:
+    """Install Debian's MariaDB server when it is missing (we run as root on CI)."""
+    if _which("mariadbd") and _which("mariadb-install-db"):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "mariadb-server", "mariadb-client"],
+            check=True, env=env,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(
+            f"MariaDB is not installed and installing it failed ({exc}); install the "
+            f"Debian packages mariadb-server and mariadb-client (as root: apt-get "
+            f"install mariadb-server mariadb-client)"
+        ) from exc
+    if not _which("mariadbd"):
+        raise RuntimeError("apt-get installed mariadb-server but no mariadbd binary was found")
+
+
+def install_pymysql() -> None:
+    """Let Django's MySQL backend use PyMySQL (it asks for mysqlclient's module name)."""
+    import pymysql
+
+    # Django checks the mysqlclient version it believes it has; PyMySQL reports its own.
+    pymysql.version_info = (2, 2, 7, "final", 0)  # type: ignore[assignment]
+    pymysql.__version__ = "2.2.7"
+    pymysql.install_as_MySQLdb()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MariaDBServer:
+    """One ``mariadbd`` in a temporary datadir, for as long as the caller needs it."""
+
+    host = "127.0.0.1"
+    user = "app"
+    password = "app"
+    database = "app"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        max_connections: int = 100,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.port = port or _free_port()
+        self.max_connections = max_connections
+        self.extra_args = list(extra_args)
+        self.basedir = tempfile.mkdtemp(prefix="wsgi_dbpool-mariadb-")
+        self.datadir = os.path.join(self.basedir, "data")
+        self.socket_path = os.path.join(self.basedir, "mysqld.sock")
+        self.error_log_path = os.path.join(self.basedir, "error.log")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._initialised = False
+        atexit.register(self.stop)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> MariaDBServer:
+        if not self._initialised:
+            self._install_datadir()
+        self._spawn()
+        if not self._initialised:
+            self._create_app_user()
+            self._initialised = True
+        return self
+
+    def _install_datadir(self) -> None:
+        installer = _which("mariadb-install-db") or _which("mysql_install_db")
+        if installer is None:
+            raise RuntimeError("mariadb-install-db not found: run ensure_installed() first")
+        done = subprocess.run(
+            [
+                installer, "--no-defaults", "--user=root", f"--datadir={self.datadir}",
+                "--auth-root-authentication-method=normal", "--skip-test-db",
+            ],
+            capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed:\n{done.stdout}\n{done.stderr}")
+
+    def _spawn(self) -> None:
+        mariadbd = _which("mariadbd") or _which("mysqld")
+        if mariadbd is None:
+            raise RuntimeError("mariadbd not found: run ensure_installed() first")
+        args = [
+            mariadbd, "--no-defaults", "--user=root",
+            f"--datadir={self.datadir}", f"--socket={self.socket_path}",
+            f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
+            f"--pid-file={os.path.join(self.basedir, 'mysqld.pid')}",
+            f"--log-error={self.error_log_path}", f"--max-connections={self.max_connections}",
+            "--innodb-buffer-pool-size=64M", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=2",
+            "--performance-schema=OFF", "--userstat=1",
+            *self.extra_args,
+        ]
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"mariadbd exited at start-up:\n{self._log_tail()}")
+            try:
+                # A bare socket first: PyMySQL leaks its socket when a connect fails.
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(1)
+                    probe.connect(self.socket_path)
+                self._root_connection().close()
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"mariadbd did not answer within 60 s ({exc}):\n{self._log_tail()}"
+                    ) from None
+                time.sleep(0.05)
+
+    def _create_app_user(self) -> None:
+        for statement in (
+            f"CREATE DATABASE IF NOT EXISTS {self.database} CHARACTER SET utf8mb4",
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
+            "GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY '{self.password}'",
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'localhost' IDENTIFIED BY '{self.password}'",
+            f"GRANT ALL ON {self.database}.* TO '{self.user}'@'127.0.0.1'",
+            f"GRANT ALL ON {self.database}.* TO '{self.user}'@'localhost'",
+        ):
+            self.admin_query(statement)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.error_log_path, encoding="utf-8", errors="replace") as fh:
+                return "".join(fh.readlines()[-lines:])
+        except OSError:
+            return "(no error log)"
+
+    def _terminate(self, sig: int) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Shut the server down and remove its files; safe to call twice."""
+        self._terminate(signal.SIGTERM)
+        shutil.rmtree(self.basedir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and datadir (data is kept)."""
+        self._terminate(signal.SIGTERM)
+        self._spawn()
+
+    def kill_server(self) -> None:
+        """SIGKILL the server, as a crash would; :meth:`start_again` brings it back."""
+        self._terminate(signal.SIGKILL)
+
+    def start_again(self) -> None:
+        self._spawn()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> MariaDBServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- Django -------------------------------------------------------------------
+
+    def django_settings(
+        self, *, conn_max_age: int | None = 60, options: dict[str, Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """A ``DATABASES`` entry for the application user."""
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": self.database,
+            "USER": self.user,
+            "PASSWORD": self.password,
+            "HOST": self.host,
+            "PORT": str(self.port),
+            "CONN_MAX_AGE": conn_max_age,
+            "OPTIONS": {"charset": "utf8mb4", **(options or {})},
+            **extra,
+        }
+
+    # -- what the server says -------------------------------------------------------
+
+    def _root_connection(self) -> Any:
+        import pymysql
+
+        return pymysql.connect(
+            unix_socket=self.socket_path, user="root", autocommit=True, connect_timeout=5
+        )
+
+    @contextlib.contextmanager
+    def _admin(self) -> Iterator[Any]:
+        conn = self._root_connection()
+        try:
+            with conn.cursor() as cursor:
+                yield cursor
+        finally:
+            conn.close()
+
+    def admin_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        with self._admin() as cursor:
+            cursor.execute(sql, args)
+            return list(cursor.fetchall())
+
+    def processlist(self, user: str = "app") -> list[dict[str, Any]]:
+        rows = self.admin_query(
+            "SELECT ID, USER, HOST, DB, COMMAND, TIME, STATE, INFO "
+            "FROM information_schema.PROCESSLIST WHERE USER = %s",
+            [user],
+        )
+        keys = ("id", "user", "host", "db", "command", "time", "state", "info")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def connection_count(self, user: str = "app") -> int:
+        return len(self.processlist(user))
+
+    def status(self, name: str) -> int:
+        rows = self.admin_query("SHOW GLOBAL STATUS LIKE %s", [name])
+        return int(rows[0][1]) if rows else 0
+
+    def connections_total(self) -> int:
+        """``Connections``: every connection attempt the server has seen (this one's too)."""
+        return self.status("Connections")
+
+    def connections_opened_since(self, before: int) -> int:
+        """Connections opened since ``before`` (from :meth:`connections_total`), not
+        counting the admin connection that reads the figure."""
+        return self.connections_total() - before - 1
+
+    def user_statistics(self, user: str = "app") -> dict[str, int]:
+        """The server's per-user counters (``--userstat``): commands by kind, rollbacks."""
+        with self._admin() as cursor:
+            cursor.execute("SELECT * FROM information_schema.USER_STATISTICS WHERE USER = %s", [user])
+            row = cursor.fetchone()
+            names = [d[0].lower() for d in cursor.description]
+        if row is None:
+            return {n: 0 for n in names if n != "user"}
+        return {n: int(v) for n, v in zip(names, row) if n != "user"}
+
+    def kill(self, connection_id: int) -> None:
+        with contextlib.suppress(Exception):  # "Unknown thread id": already gone
+            self.admin_query(f"KILL {int(connection_id)}")
+
+    def kill_user(self, user: str = "app") -> None:
+        for row in self.processlist(user):
+            self.kill(row["id"])
+
+    def set_global(self, name: str, value: Any) -> None:
+        self.admin_query(f"SET GLOBAL {name} = %s", [value])
+
+
+def main() -> None:
+    ensure_installed()
+    with MariaDBServer() as server:
+        print(f"mysql://{server.user}:{server.password}@{server.host}:{server.port}/{server.database}")
+        print(f"admin: mariadb --socket={server.socket_path} -uroot   (Ctrl-C stops and cleans up)")
+        with contextlib.suppress(KeyboardInterrupt):
+            while server.running:
+                time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The Django site the tests serve: views that report what the database sees.
+
+Each view answers with what the *server* says (``CONNECTION_ID()``, ``@@autocommit``,
+rows), so the tests judge the pool by the database's own account.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import connection, connections, transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import path
+
+
+def _one(sql: str, alias: str = "default", params: Any = None) -> Any:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def conn_id(request: HttpRequest) -> HttpResponse:
+    alias = request.GET.get("alias", "default")
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()", alias)})
+
+
+def both(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({a: _one("SELECT CONNECTION_ID()", a) for a in ("default", "other")})
+
+
+def session(request: HttpRequest) -> HttpResponse:
+    """What the connection carries: autocommit, transaction, rows visible."""
+    return JsonResponse(
+        {
+            "id": _one("SELECT CONNECTION_ID()"),
+            "autocommit": _one("SELECT @@autocommit"),
+            "django_autocommit": connection.get_autocommit(),
+            "rows": _one("SELECT COUNT(*) FROM items"),
+            "in_atomic_block": connection.in_atomic_block,
+        }
+    )
+
+
+def sleep(request: HttpRequest, ms: int) -> HttpResponse:
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()"), "slept": _one("SELECT SLEEP(%s)", params=[ms / 1000])})
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    chunks = int(request.GET.get("chunks", "3"))
+    pause = float(request.GET.get("pause", "0"))
+
+    def generate() -> Iterator[str]:
+        for i in range(chunks):
+            # Queries after the view returned: the connection must still be bound.
+            ident = _one("SELECT CONNECTION_ID()")
+            if pause:
+                _one("SELECT SLEEP(%s)", params=[pause])
+            yield json.dumps({"chunk": i, "id": ident}) + "\n"
+        if request.GET.get("fail"):
+            raise RuntimeError("the generator failed")
+
+    return StreamingHttpResponse(generate(), content_type="application/x-ndjson")
+
+
+def uncommitted(request: HttpRequest) -> HttpResponse:
+    """Leaves autocommit off with an INSERT not committed."""
+    transaction.set_autocommit(False)
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO items (name) VALUES ('uncommitted')")
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()")})
+
+
+def atomic_left_open(request: HttpRequest) -> StreamingHttpResponse:
+    """Enters atomic() in a generator that is never resumed to leave it."""
+
+    def generate() -> Iterator[str]:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("INSERT INTO items (name) VALUES ('atomic')")
+            yield json.dumps({"id": _one("SELECT CONNECTION_ID()")}) + "\n"
+            yield "never sent\n"
+
+    return StreamingHttpResponse(generate())
+
+
+def raw_begin(request: HttpRequest) -> HttpResponse:
+    """Opens a transaction by hand in autocommit mode: Django's flags miss it."""
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("INSERT INTO items (name) VALUES ('raw')")
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()")})
+
+
+def nodb(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+def unpooled(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()", "other")})
+
+
+def boom(request: HttpRequest) -> HttpResponse:
+    _one("SELECT 1")
+    raise ValueError("the view failed")
+
+
+urlpatterns = [
+    path("id/", conn_id),
+    path("both/", both),
+    path("session/", session),
+    path("sleep/<int:ms>/", sleep),
+    path("stream/", stream),
+    path("uncommitted/", uncommitted),
+    path("atomic/", atomic_left_open),
+    path("begin/", raw_begin),
+    path("nodb/", nodb),
+    path("unpooled/", unpooled),
+    path("boom/", boom),
+]

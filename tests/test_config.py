@@ -1,0 +1,80 @@
+"""Behaviour 6: bad input fails at construction, naming the argument and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.mariadb
+
+
+def _app(environ, start_response):  # a stand-in inner app; never called here
+    raise AssertionError("not called")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"size": 0}, ValueError, "size must be at least 1"),
+        ({"size": 2.5}, TypeError, "size must be an int"),
+        ({"size": True}, TypeError, "size must be an int"),
+        ({"size": "4"}, TypeError, "size must be an int"),
+        ({"size": 4, "max_outstanding": 3}, ValueError, "max_outstanding=3 is below size=4"),
+        ({"max_outstanding": 0}, ValueError, "max_outstanding must be at least 1"),
+        ({"timeout": -1}, ValueError, "timeout must be >= 0"),
+        ({"timeout": "30"}, TypeError, "timeout must be a number of seconds"),
+        ({"ping_after": -0.5}, ValueError, "ping_after must be >= 0"),
+        ({"aliases": "default"}, TypeError, "write aliases=\\['default'\\]"),
+        ({"aliases": []}, ValueError, "aliases names no database"),
+        ({"skip": "health"}, TypeError, "skip must be a callable"),
+    ],
+    ids=[
+        "size-zero", "size-float", "size-bool", "size-str", "cap-below-size", "cap-zero",
+        "timeout-negative", "timeout-str", "ping-negative", "aliases-str", "aliases-empty",
+        "skip-not-callable",
+    ],
+)
+def test_bad_arguments_fail_at_construction(django_site, kwargs, error, message):
+    from wsgi_dbpool import PoolingMiddleware
+
+    with pytest.raises(error, match=message):
+        PoolingMiddleware(_app, **{"aliases": ["default"], **kwargs})
+
+
+def test_unknown_alias_is_improperly_configured(django_site):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from wsgi_dbpool import PoolingMiddleware
+
+    with pytest.raises(ImproperlyConfigured, match=r"\['replica'\] are not in settings.DATABASES"):
+        PoolingMiddleware(_app, aliases=["default", "replica"])
+
+
+def test_non_callable_app_is_a_type_error(django_site):
+    from wsgi_dbpool import PoolingMiddleware
+
+    with pytest.raises(TypeError, match="app must be a WSGI application"):
+        PoolingMiddleware("myproject.wsgi", aliases=["default"])  # type: ignore[arg-type]
+
+
+def test_conn_max_age_zero_warns(django_site, caplog):
+    from django.conf import settings
+
+    from wsgi_dbpool import PoolingMiddleware
+
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+    try:
+        with pytest.warns(RuntimeWarning, match="CONN_MAX_AGE'\\] is 0.*Set CONN_MAX_AGE"):
+            PoolingMiddleware(_app, aliases=["default"])
+    finally:
+        settings.DATABASES["default"]["CONN_MAX_AGE"] = 60
+    assert "CONN_MAX_AGE" in caplog.text
+
+
+def test_construction_never_connects(db):
+    from wsgi_dbpool import PoolingMiddleware
+
+    before = db.connections_total()
+    app = PoolingMiddleware(_app)  # every alias
+    assert db.connections_opened_since(before) == 0
+    assert set(app.stats()) == {"default", "other", "short"}
+    assert all(s["opened"] == 0 for s in app.stats().values())
