@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tests._proc_common import hold, setup_django
+from tests._proc_common import connection_id, hold, setup_django
 
 setup_django()
 
@@ -29,7 +29,11 @@ import gevent  # noqa: E402
 
 def job() -> int:
     with app.checkout():
-        return hold(0.4)
+        first = connection_id()
+        gevent.sleep(0.1)  # let the other greenlets bind theirs meanwhile
+        second = hold(0.3)
+        assert first == second, "a greenlet saw another greenlet's connection"
+        return second
 
 
 ticks = 0

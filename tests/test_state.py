@@ -187,3 +187,24 @@ def _environ(path: str) -> dict:
     from webob import Request
 
     return Request.blank(path).environ
+
+
+def test_checkout_leaving_autocommit_off_is_rolled_back_and_restored(make_app, db):
+    # No Django request cycle here, so Django's own request_finished check never runs.
+    from django.db import connection, transaction
+
+    app = make_app(size=1)
+    with app.checkout():
+        transaction.set_autocommit(False)
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO items (name) VALUES ('left uncommitted')")
+            cursor.execute("SELECT CONNECTION_ID()")
+            first = cursor.fetchone()[0]
+    with app.checkout():
+        django_autocommit = connection.get_autocommit()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT CONNECTION_ID(), @@autocommit, (SELECT COUNT(*) FROM items)")
+            row = cursor.fetchone()
+    assert django_autocommit is True
+    assert row == (first, 1, 0)  # same session, autocommit back on, the row rolled back
+    assert app.stats()["default"]["dirty"] == 1

@@ -70,14 +70,14 @@ def _repair_pre_patch_local(local: Any, storage: Any) -> Any:
     for one request would bind it for all. When we see that, we give ``connections``
     a fresh, patched local (nothing useful is lost: the master serves no requests).
     """
-    import _thread
     import sys
     import threading
 
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is None or not gevent_monkey.is_module_patched("threading"):
         return storage
-    if type(storage) is not _thread._local or threading.local is _thread._local:
+    # `_thread._local` itself is gevent's by now: compare with the original class.
+    if type(storage) is not gevent_monkey.get_original("_thread", "_local"):
         return storage
     fresh = threading.local()
     object.__setattr__(local, "_storage", fresh)
