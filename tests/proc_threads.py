@@ -16,7 +16,9 @@ from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from wsgi_dbpool import PoolingMiddleware  # noqa: E402
 
-app = PoolingMiddleware(get_wsgi_application(), size=2, max_outstanding=3, timeout=20)
+app = PoolingMiddleware(
+    get_wsgi_application(), size=2, max_outstanding=3, timeout=20, linger=0.2
+)
 ids: list[int] = []
 errors: list[str] = []
 
@@ -34,5 +36,8 @@ for t in threads:
     t.start()
 for t in threads:
     t.join(timeout=30)
+import time  # noqa: E402
+
+time.sleep(0.6)  # the linger timer (a real thread here) closes what is over size
 print(json.dumps({"ids": ids, "errors": errors, "stats": app.stats()["default"]}))
 assert "gevent" not in sys.modules

@@ -131,6 +131,7 @@ class AliasPool:
         size: int,
         max_outstanding: int | None,
         ping_after: float | None,
+        linger: float = 0.0,
     ) -> None:
         self.alias = alias
         self.ping_after = ping_after
@@ -140,6 +141,7 @@ class AliasPool:
             dispose=self._dispose,
             size=size,
             max_outstanding=max_outstanding,
+            linger=linger,
         )
 
     # -- wrapper lifecycle --------------------------------------------------------

@@ -54,6 +54,10 @@ class PoolingMiddleware:
         behind the cap. Such a request must not use a pooled alias.
     :param ping_after: a connection idle at least this many seconds is pinged before
         it is handed out (one round trip); ``None``: never.
+    :param linger: seconds a connection returned while ``size`` are already idle stays
+        open for the next request before it is closed; ``0``: close it at once. Under
+        a steady load above ``size`` this avoids closing one connection while opening
+        the next (each PyMySQL connect costs ~30 ms of CPU).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class PoolingMiddleware:
         aliases: Iterable[str] | None = None,
         skip: Callable[[WSGIEnvironment], bool] | None = None,
         ping_after: float | None = 1.0,
+        linger: float = 5.0,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -83,6 +88,9 @@ class PoolingMiddleware:
                 )
         _check_seconds("timeout", timeout)
         _check_seconds("ping_after", ping_after)
+        _check_seconds("linger", linger)
+        if linger is None:
+            raise TypeError("linger must be a number of seconds (0 closes surplus at once)")
         if skip is not None and not callable(skip):
             raise TypeError(
                 f"skip must be a callable taking the WSGI environ, got {type(skip).__name__}"
@@ -93,10 +101,14 @@ class PoolingMiddleware:
         self.timeout = timeout
         self.skip = skip
         self.ping_after = ping_after
+        self.linger = linger
         self.aliases, unpooled = _resolve_aliases(aliases)
         self._unpooled = tuple(unpooled)
         self._pools = [
-            AliasPool(alias, size=size, max_outstanding=max_outstanding, ping_after=ping_after)
+            AliasPool(
+                alias, size=size, max_outstanding=max_outstanding, ping_after=ping_after,
+                linger=linger,
+            )
             for alias in self.aliases
         ]
         # Releases queued by finalisers of responses nobody closed; see ClosingIterable.
@@ -110,8 +122,9 @@ class PoolingMiddleware:
             binding.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
         )
         logger.info(
-            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s",
+            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s",
             ", ".join(repr(a) for a in self.aliases), size, max_outstanding, timeout, ping_after,
+            linger,
         )
 
     # -- WSGI ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -64,6 +65,7 @@ class _ProcessState(Generic[T]):
         "idle",
         "lock",
         "outstanding",
+        "reaping",
         "timeouts",
         "wait_seconds",
         "waiters",
@@ -84,6 +86,7 @@ class _ProcessState(Generic[T]):
         self.discarded = 0
         self.wait_seconds = 0.0
         self.events: dict[str, int] = {}
+        self.reaping = False  # a timer will close what lingers beyond size
 
 
 # Objects a forked child inherited idle from its parent. They are kept referenced so
@@ -99,6 +102,9 @@ class Pool(Generic[T]):
     :param create: makes a new object; called outside the lock with a slot reserved.
         If it raises, the slot is given back and the error propagates unchanged.
     :param dispose: gets rid of a surplus object; called outside the lock.
+    :param linger: seconds an object returned while ``size`` are already idle stays
+        idle before it is disposed of (0: at once). Bursts then reuse it instead of
+        closing one connection while opening the next.
     """
 
     def __init__(
@@ -109,9 +115,11 @@ class Pool(Generic[T]):
         dispose: Callable[[T], None],
         size: int,
         max_outstanding: int | None,
+        linger: float = 0.0,
     ) -> None:
         self.name = name
         self.size = size
+        self.linger = linger
         self.max_outstanding = max_outstanding
         self._create = create
         self._dispose = dispose
@@ -226,7 +234,7 @@ class Pool(Generic[T]):
         is disposed of outside the lock.
         """
         state = self._current()
-        surplus = False
+        surplus = start_reaper = False
         with state.lock:
             if state.outstanding <= 0:
                 raise RuntimeError(f"pool {self.name!r}: release without a checkout")
@@ -237,11 +245,47 @@ class Pool(Generic[T]):
                 state.outstanding -= 1
                 if reusable and len(state.idle) < self.size:
                     state.idle.append((obj, time.monotonic()))
+                elif reusable and self.linger > 0:
+                    # Over size, but the next request may be a moment away: let it
+                    # linger rather than close it now and open another then (churn).
+                    state.idle.append((obj, time.monotonic()))
+                    start_reaper = not state.reaping
+                    state.reaping = True
                 else:
                     surplus = True
                     state.discarded += 1
         if surplus:
             self._dispose(obj)
+        elif start_reaper:
+            self._schedule_reap(self.linger)
+
+    def _schedule_reap(self, delay: float) -> None:
+        # A timer thread, which is a greenlet once gevent has patched threading.
+        timer = threading.Timer(delay, self._reap)
+        timer.daemon = True
+        timer.start()
+
+    def _reap(self) -> None:
+        """Close idle objects beyond ``size`` that lingered ``linger`` seconds unused."""
+        state = self._current()
+        victims = []
+        with state.lock:
+            now = time.monotonic()
+            idle = state.idle
+            # The left end holds the longest idle: acquire() takes from the right.
+            while len(idle) > self.size and now - idle[0][1] >= self.linger:
+                victims.append(idle.popleft()[0])
+            again = len(idle) > self.size
+            delay = idle[0][1] + self.linger - now if again else 0.0
+            state.reaping = again
+            state.discarded += len(victims)
+        for obj in victims:
+            try:
+                self._dispose(obj)
+            except Exception:
+                logger.exception("pool %r: closing a lingering connection failed", self.name)
+        if again:
+            self._schedule_reap(max(delay, 0.01))
 
     def _give_back_slot(self, state: _ProcessState[T]) -> None:
         with state.lock:
