@@ -1,0 +1,182 @@
+"""``python -m demo.storm``: the same burst at the slow view, without and with the pool.
+
+Starts a throwaway MariaDB (``max_connections`` small, as on a busy shared server), then
+serves the demo twice under one gunicorn gevent worker: first plain Django with
+persistent connections (``POOL=off``, ``CONN_MAX_AGE=60``), then with
+``PoolingMiddleware(size=4, max_outstanding=20)``. Each time it fires the same burst of
+concurrent requests and prints what the *server* saw: peak connections from the app's
+user, connections left open afterwards, and the errors clients got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from demo.__main__ import wait_for_port  # noqa: E402
+from tests.mariadb import MariaDBServer, ensure_installed  # noqa: E402
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, repr(exc)
+
+
+def burst(url: str, requests: int, concurrency: int, label: str) -> list[tuple[int, str]]:
+    done = 0
+    shown = -1
+    lock = threading.Lock()
+    tty = sys.stderr.isatty()
+
+    def one(_: int) -> tuple[int, str]:
+        nonlocal done, shown
+        result = fetch(url)
+        with lock:
+            done += 1
+            filled = 30 * done // requests
+            if filled != shown and (tty or filled % 10 == 0):
+                shown = filled
+                bar = f"  {label:<32} [{'#' * filled}{'.' * (30 - filled)}] {done}/{requests}"
+                sys.stderr.write(("\r" + bar) if tty else (bar + "\n"))
+                sys.stderr.flush()
+        return result
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, range(requests)))
+    if tty:
+        sys.stderr.write("\n")
+    return results
+
+
+def run_once(db: MariaDBServer, pooled: bool, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "demo.settings",
+        "DEMO_DATABASE": json.dumps(db.django_settings(conn_max_age=60)),
+        "PYTHONPATH": str(ROOT),
+        "POOL": "on" if pooled else "off",
+        "POOL_SIZE": "4",
+        "POOL_MAX_OUTSTANDING": str(args.max_outstanding),
+        "POOL_TIMEOUT": "30",
+    }
+    db.kill_user("app")
+    log = tempfile.TemporaryFile(mode="w+")  # Django logs each failed request here
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "demo/gunicorn_conf.py", "-w", "1",
+         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "demo.wsgi:application"],
+        cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+    )
+    peak = 0
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            with contextlib.suppress(Exception):
+                peak = max(peak, db.connection_count("app"))
+            time.sleep(0.02)
+
+    try:
+        wait_for_port(port, gunicorn)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        label = "with PoolingMiddleware" if pooled else "plain Django (CONN_MAX_AGE=60)"
+        url = f"http://127.0.0.1:{port}/slow?seconds={args.hold}"
+        started = time.monotonic()
+        results = burst(url, args.requests, args.concurrency, label)
+        elapsed = time.monotonic() - started
+        time.sleep(1.0)
+        sampling = False
+        sampler.join(timeout=5)
+        left_1s = db.connection_count("app")
+        time.sleep(5.5)  # past the pool's linger (5 s): surplus connections close
+        left = db.connection_count("app")
+    finally:
+        sampling = False
+        gunicorn.send_signal(signal.SIGTERM)
+        try:
+            gunicorn.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(gunicorn.pid, signal.SIGKILL)
+    log.seek(0)
+    # One "Internal Server Error" record per failed request, each with its traceback.
+    records = log.read().split("Internal Server Error")[1:]
+    too_many = sum("Too many connections" in record for record in records)
+    log.close()
+    errors = [body for status, body in results if status != 200]
+    return {
+        "stack": "wsgi_dbpool (size 4, max_outstanding %d)" % args.max_outstanding if pooled
+        else "plain Django, CONN_MAX_AGE=60",
+        "requests": len(results),
+        "ok": len(results) - len(errors),
+        "errors": len(errors),
+        "too_many": too_many,
+        "peak": peak,
+        "left_1s": left_1s,
+        "left": left,
+        "seconds": elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m demo.storm", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--hold", type=float, default=0.2, help="seconds the slow view holds its connection")
+    parser.add_argument("--max-connections", type=int, default=60, help="the server's max_connections")
+    parser.add_argument("--max-outstanding", type=int, default=20)
+    args = parser.parse_args()
+
+    ensure_installed()
+    with MariaDBServer(max_connections=args.max_connections) as db:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "demo.settings", "PYTHONPATH": str(ROOT),
+               "DEMO_DATABASE": json.dumps(db.django_settings())}
+        subprocess.run([sys.executable, "-m", "django", "migrate", "--no-input", "-v", "0"],
+                       cwd=ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "-m", "demo.seed"], cwd=ROOT, env=env, check=True)
+        print(f"storm: {args.requests} requests, {args.concurrency} at once, at /slow?seconds={args.hold}; "
+              f"MariaDB max_connections={args.max_connections}", file=sys.stderr)
+        rows = [run_once(db, pooled, args) for pooled in (False, True)]
+    print()
+    print("| stack | requests | errors | \"Too many connections\" | peak server connections | "
+          "open 1 s after | open 6.5 s after | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['stack']} | {r['requests']} | {r['errors']} | {r['too_many']} | {r['peak']} | "
+              f"{r['left_1s']} | {r['left']} | {r['seconds']:.1f} |")
+    print("\n(server connections: the app's MariaDB user in information_schema.PROCESSLIST, "
+          "sampled every 20 ms; \"Too many connections\": MySQL error 1040 in the worker's log)")
+
+
+if __name__ == "__main__":
+    main()
