@@ -42,7 +42,8 @@ def database(kind: str) -> Iterator[tuple[dict[str, str], str]]:
                 f"throwaway MariaDB on 127.0.0.1:{server.port} (datadir {server.datadir}, removed on exit)",
             )
         return
-    yield {}, f"SQLite at {ROOT / 'demo' / 'var' / 'demo.sqlite3'}"
+    path = os.environ.get("DEMO_SQLITE_PATH", str(ROOT / "demo" / "var" / "demo.sqlite3"))
+    yield {}, f"SQLite at {path}"
 
 
 def run_django(env: dict[str, str], *args: str) -> None:

@@ -40,10 +40,11 @@ def _database() -> dict:
         import dj_database_url
 
         return dict(dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60))
-    VAR.mkdir(exist_ok=True)
+    path = Path(os.environ.get("DEMO_SQLITE_PATH", VAR / "demo.sqlite3"))
+    path.parent.mkdir(parents=True, exist_ok=True)
     return {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(VAR / "demo.sqlite3"),
+        "NAME": str(path),
         "CONN_MAX_AGE": 60,
         "OPTIONS": {"timeout": 20},
     }

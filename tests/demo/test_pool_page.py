@@ -1,0 +1,89 @@
+"""The live pool page in a real headless Chromium: it renders the numbers and refreshes them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import gevent
+import pytest
+
+from tests.conftest import get, wait_until
+from tests.demo.test_demo import start_demo  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.demo
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--window-size=1100,760",
+]
+
+
+def ensure_chromium() -> tuple[str, str]:
+    """Debian's chromium and its driver, installed when missing (the test command runs as root)."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+                       check=True, env=env)
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver, "install Debian's chromium and chromium-driver"
+    return browser, driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = ensure_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
+    chrome = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    chrome.set_page_load_timeout(30)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def test_pool_page_renders_and_refreshes(start_demo, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    demo = start_demo(POOL_SIZE="4", POOL_MAX_OUTSTANDING="6")
+    browser.get(f"http://{demo.address}/pool/")
+
+    # Read through JavaScript: the page rebuilds its cards every second, so element
+    # handles go stale between calls.
+    def field(name: str) -> str:
+        return str(browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';",
+            f'[data-alias="default"] [data-field="{name}"]',
+        ))
+
+    def refreshes() -> int:
+        return int(browser.execute_script("return document.getElementById('refreshes').textContent") or 0)
+
+    wait_until(lambda: field("in_use") == "0" and refreshes() >= 1, timeout=20, what="first render")
+    assert "size 4 · max_outstanding 6" in browser.find_element(By.ID, "status").text
+
+    # Three slow reports hold three connections: the page must show it on its own.
+    holders = [gevent.spawn(get, demo.address, "/slow?seconds=4") for _ in range(3)]
+    wait_until(lambda: field("in_use") == "3", timeout=20, what="the page to show 3 in use")
+    seen = refreshes()
+    wait_until(lambda: refreshes() >= seen + 2, timeout=10, what="two more refreshes")
+    DOCS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(DOCS / "pool-page.png"))
+    gevent.joinall(holders, timeout=20, raise_error=True)
+    wait_until(lambda: field("in_use") == "0" and field("idle") == "3", timeout=20,
+               what="the page to show them back idle")
+    assert int(field("opened")) == 3
+    assert demo.stop() == 0
