@@ -23,8 +23,9 @@ demo: $(STAMP)
 storm: $(STAMP)
 	$(BIN)/python -m demo.storm
 
-## test: the whole suite, on Django 5.2 and 4.2, against a throwaway MariaDB
+## test: lint, then the whole suite on Django 5.2 and 4.2, against a throwaway MariaDB
 test:
+	$(MAKE) lint DJANGO=5.2
 	$(MAKE) test-one DJANGO=5.2
 	$(MAKE) test-one DJANGO=4.2
 

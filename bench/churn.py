@@ -76,7 +76,8 @@ def gunicorn(stack: str, db: MariaDBServer, **env: str) -> Iterator[str]:
 
 def run_wrk(wrk: str, url: str, clients: int, seconds: float) -> dict[str, float]:
     done = subprocess.run(
-        [wrk, "-t", "2", "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "10s", url],
+        [wrk, "-t", "2", "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
+         "--latency", "--timeout", "10s", url],
         capture_output=True, text=True, check=True,
     )
     out = done.stdout
@@ -89,7 +90,9 @@ def run_wrk(wrk: str, url: str, clients: int, seconds: float) -> dict[str, float
         return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout) (\d+)", out))
+    errors = sum(
+        int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout) (\d+)", out)
+    )
     return {
         "requests": requests,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
@@ -130,7 +133,8 @@ def main() -> None:
     base = dict(rows).get("persistent")
     print(f"\n# steady load: {args.clients} clients on one indexed query, {args.seconds:.0f} s "
           f"after a {args.warmup:.0f} s warm-up; one gunicorn gevent worker; {os.cpu_count()} cores\n")
-    print("| stack | requests/s | ÷ persistent | p50 ms | p99 ms | errors | server connections opened | per 1,000 requests |")
+    print("| stack | requests/s | ÷ persistent | p50 ms | p99 ms | errors "
+          "| server connections opened | per 1,000 requests |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for stack, r in rows:
         ratio = r["rps"] / base["rps"] if base else float("nan")

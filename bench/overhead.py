@@ -27,7 +27,7 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from typing import Any
+from typing import Any  # noqa: E402
 
 
 def setup_django(path: str) -> None:

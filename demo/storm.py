@@ -135,7 +135,7 @@ def run_once(db: MariaDBServer, pooled: bool, args: argparse.Namespace) -> dict[
     log.close()
     errors = [body for status, body in results if status != 200]
     return {
-        "stack": "wsgi_dbpool (size 4, max_outstanding %d)" % args.max_outstanding if pooled
+        "stack": f"wsgi_dbpool (size 4, max_outstanding {args.max_outstanding})" if pooled
         else "plain Django, CONN_MAX_AGE=60",
         "requests": len(results),
         "ok": len(results) - len(errors),

@@ -8,6 +8,7 @@ import os
 def setup_django() -> None:
     import django
     from django.conf import settings
+
     from tests.mariadb import install_pymysql
 
     install_pymysql()

@@ -24,6 +24,7 @@ from typing import Any
 import gevent
 import gevent.pywsgi
 import pytest
+
 from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
 
 ITEMS_TABLE = (
@@ -97,13 +98,15 @@ def make_app(db: MariaDBServer) -> Iterator[Callable[..., Any]]:
     yield factory
     for app in made:
         wait_until(
-            lambda: all(s["in_use"] == 0 for s in app.stats().values()),
+            lambda app=app: all(s["in_use"] == 0 for s in app.stats().values()),
             what="every connection returned",
         )
         app.close()
 
 
-def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -114,7 +117,9 @@ def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0, what: 
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """A real gevent WSGI server on a free loopback port; yields its address."""
-    server = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None, error_log=logging.getLogger("pywsgi"))
+    server = gevent.pywsgi.WSGIServer(
+        ("127.0.0.1", 0), app, log=None, error_log=logging.getLogger("pywsgi")
+    )
     server.start()
     try:
         yield f"127.0.0.1:{server.server_port}"

@@ -267,7 +267,7 @@ class MariaDBServer:
             [user],
         )
         keys = ("id", "user", "host", "db", "command", "time", "state", "info")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def connection_count(self, user: str = "app") -> int:
         return len(self.processlist(user))
@@ -293,7 +293,7 @@ class MariaDBServer:
             names = [d[0].lower() for d in cursor.description]
         if row is None:
             return {n: 0 for n in names if n != "user"}
-        return {n: int(v) for n, v in zip(names, row) if n != "user"}
+        return {n: int(v) for n, v in zip(names, row, strict=True) if n != "user"}
 
     def kill(self, connection_id: int) -> None:
         with contextlib.suppress(Exception):  # "Unknown thread id": already gone

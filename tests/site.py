@@ -44,7 +44,8 @@ def session(request: HttpRequest) -> HttpResponse:
 
 
 def sleep(request: HttpRequest, ms: int) -> HttpResponse:
-    return JsonResponse({"id": _one("SELECT CONNECTION_ID()"), "slept": _one("SELECT SLEEP(%s)", params=[ms / 1000])})
+    slept = _one("SELECT SLEEP(%s)", params=[ms / 1000])
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()"), "slept": slept})
 
 
 def stream(request: HttpRequest) -> StreamingHttpResponse:

@@ -59,7 +59,7 @@ def test_waiters_are_served_in_arrival_order(make_app, db):
         jobs = []
         for n in range(8):
             jobs.append(gevent.spawn(client, n))
-            wait_until(lambda: app.stats()["default"]["waiting"] == n + 1, what=f"waiter {n}")
+            wait_until(lambda n=n: app.stats()["default"]["waiting"] == n + 1, what=f"waiter {n}")
         gevent.joinall([holder, *jobs], timeout=30, raise_error=True)
     assert order == list(range(8))
     assert app.stats()["default"]["handoffs"] >= 8
@@ -100,7 +100,7 @@ def test_checkout_raises_pool_timeout(make_app, db):
             with app.checkout():
                 pass
 
-        with pytest.raises(PoolTimeout, match="'default'.*max_outstanding"):
+        with pytest.raises(PoolTimeout, match=r"'default'.*max_outstanding"):
             gevent.spawn(other).get(timeout=5)
     assert app.stats()["default"]["timeouts"] == 1
 
@@ -166,7 +166,7 @@ def test_greenlet_killed_while_holding_returns_and_closes(make_app, db):
     stats = app.stats()["default"]
     assert stats["in_use"] == 0
     # Killed mid-query: the connection was closed, not handed on mid-protocol.
-    status, _, body = call(app, "/session/")
+    status, _, _ = call(app, "/session/")
     assert status == "200 OK"
     assert app.stats()["default"]["opened"] == 2
 

@@ -178,7 +178,7 @@ def test_database_error_keeps_pool_healthy(make_app, db):
     app = make_app(size=1)
     status, _, _ = call(app, "/boom/")
     assert status.startswith("500")
-    status, _, body = call(app, "/session/")
+    status, _, _ = call(app, "/session/")
     assert status == "200 OK"
     assert app.stats()["default"]["in_use"] == 0
 

@@ -13,6 +13,7 @@ import _thread
 import os
 import sys
 import threading
+from types import TracebackType
 from typing import Protocol
 
 
@@ -25,7 +26,13 @@ class Lock(Protocol):
 
     def __enter__(self) -> bool: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
 
 
 def new_lock() -> Lock:

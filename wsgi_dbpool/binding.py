@@ -16,13 +16,14 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _concurrency
 from .pool import Pool
 
-if TYPE_CHECKING:
-    from django.db.backends.base.base import BaseDatabaseWrapper
+# Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it (and
+# relying on private ones, ``_thread_ident``, that no stub declares).
+Wrapper = Any
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -135,7 +136,7 @@ class AliasPool:
     ) -> None:
         self.alias = alias
         self.ping_after = ping_after
-        self.pool: Pool[BaseDatabaseWrapper] = Pool(
+        self.pool: Pool[Wrapper] = Pool(
             alias,
             create=self._create,
             dispose=self._dispose,
@@ -146,7 +147,7 @@ class AliasPool:
 
     # -- wrapper lifecycle --------------------------------------------------------
 
-    def _create(self) -> BaseDatabaseWrapper:
+    def _create(self) -> Wrapper:
         # Django's own factory: no I/O, the wrapper connects on first use.
         wrapper = _connections().create_connection(self.alias)
         setattr(wrapper, _POOL_ATTR, self)
@@ -154,10 +155,10 @@ class AliasPool:
         setattr(wrapper, _OPEN_ATTR, False)
         return wrapper
 
-    def _dispose(self, wrapper: BaseDatabaseWrapper) -> None:
+    def _dispose(self, wrapper: Wrapper) -> None:
         self._close(wrapper, "surplus over size")
 
-    def _close(self, wrapper: BaseDatabaseWrapper, reason: str) -> None:
+    def _close(self, wrapper: Wrapper, reason: str) -> None:
         """Close the server connection; the wrapper itself stays usable (it reconnects)."""
         wrapper._thread_ident = _concurrency.get_ident()
         if wrapper.connection is not None:
@@ -169,14 +170,14 @@ class AliasPool:
                 wrapper.connection = None
         self.note_closed(wrapper)
 
-    def note_opened(self, wrapper: BaseDatabaseWrapper) -> None:
+    def note_opened(self, wrapper: Wrapper) -> None:
         if getattr(wrapper, _OPEN_ATTR, False):
             # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
             self.pool.count("closed")
         setattr(wrapper, _OPEN_ATTR, True)
         self.pool.count("opened")
 
-    def note_closed(self, wrapper: BaseDatabaseWrapper) -> None:
+    def note_closed(self, wrapper: Wrapper) -> None:
         closed = wrapper.connection is None or wrapper.closed_in_transaction
         if closed and getattr(wrapper, _OPEN_ATTR, False):
             setattr(wrapper, _OPEN_ATTR, False)
@@ -200,7 +201,7 @@ class AliasPool:
             self._check_alive(wrapper)
         return wrapper
 
-    def _check_alive(self, wrapper: BaseDatabaseWrapper) -> None:
+    def _check_alive(self, wrapper: Wrapper) -> None:
         # One round trip (a ping), paid only after ping_after seconds idle. On failure
         # the wrapper is closed and the request gets it anyway: it reconnects lazily.
         try:
@@ -237,7 +238,7 @@ class AliasPool:
         finally:
             self.pool.release(giving, reusable=True)
 
-    def _reset(self, wrapper: BaseDatabaseWrapper) -> BaseDatabaseWrapper:
+    def _reset(self, wrapper: Wrapper) -> Wrapper:
         """The return path, in order: closed, atomic, transaction, errors, age.
 
         Returns the wrapper to give back: the same one, or a fresh one standing in
@@ -271,7 +272,7 @@ class AliasPool:
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next request
         return wrapper
 
-    def _roll_back(self, wrapper: BaseDatabaseWrapper) -> None:
+    def _roll_back(self, wrapper: Wrapper) -> None:
         wrapper._thread_ident = _concurrency.get_ident()  # whoever returns it may act on it
         try:
             wrapper.rollback()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import numbers
 from collections.abc import Callable, Iterable, Iterator
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from . import _concurrency, binding
@@ -177,7 +178,7 @@ class PoolingMiddleware:
     # -- outside requests ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def checkout(self, timeout: float | object | None = ...) -> Iterator[None]:
+    def checkout(self, timeout: float | EllipsisType | None = ...) -> Iterator[None]:
         """Bind pooled connections in the calling greenlet for the ``with`` block.
 
         For work outside a request: a greenlet spawned by a view, a job. Inside a
@@ -189,7 +190,7 @@ class PoolingMiddleware:
         _check_seconds("timeout", wait)
         if self._abandoned:
             self._release_abandoned()
-        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled)  # type: ignore[arg-type]
+        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled)
         try:
             yield
         except BaseException as exc:
@@ -249,7 +250,7 @@ class PoolingMiddleware:
 def _check_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:  # type: ignore[operator]
+    if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
 
 
@@ -258,7 +259,7 @@ def _check_seconds(name: str, value: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
-    if value < 0:  # type: ignore[operator]
+    if value < 0:
         raise ValueError(
             f"{name} must be >= 0 seconds (or None for no limit), got {value!r}"
         )
