@@ -37,6 +37,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check wsgi_dbpool tests bench demo
 	$(BIN)/mypy
 
+## bench: wsgi_dbpool beside the alternatives (about 15 minutes; BENCH_ARGS=--quick: 2)
+bench: $(STAMP)
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+
 ## bench-overhead: the middleware's own cost per request beside SQLAlchemy's QueuePool
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead

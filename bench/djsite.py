@@ -1,8 +1,12 @@
 """The Django site every benchmark stack serves: settings, views and WSGI in one module.
 
 Chosen by environment variables, so one gunicorn command line serves each stack:
-``BENCH_STACK`` (``per_request``, ``persistent``, ``wsgi_dbpool``), ``BENCH_DB_PORT``,
-``POOL_SIZE``, ``POOL_MAX_OUTSTANDING``, ``BENCH_RESET``.
+
+- ``BENCH_STACK``: ``per_request`` (``CONN_MAX_AGE=0``, no pool), ``persistent``
+  (``CONN_MAX_AGE=60``, no pool), ``old_patch`` (django_db_pooling 0.0.4's
+  monkey-patch), ``sqlalchemy`` (django-db-connection-pool: SQLAlchemy's QueuePool behind
+  a Django backend), ``wsgi_dbpool``;
+- ``BENCH_DB_PORT``; ``POOL_SIZE`` (4), ``POOL_MAX_OUTSTANDING`` (20), ``POOL_LINGER`` (5).
 """
 
 from __future__ import annotations
@@ -25,23 +29,34 @@ ROOT_URLCONF = "bench.djsite"
 INSTALLED_APPS: list[str] = []
 MIDDLEWARE: list[str] = []
 USE_TZ = True
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.mysql",
-        "NAME": "app",
-        "USER": "app",
-        "PASSWORD": "app",
-        "HOST": "127.0.0.1",
-        "PORT": os.environ.get("BENCH_DB_PORT", "3306"),
-        "CONN_MAX_AGE": 0 if STACK == "per_request" else 60,
-        "OPTIONS": {"charset": "utf8mb4"},
-    }
+_database = {
+    "ENGINE": "django.db.backends.mysql",
+    "NAME": "app",
+    "USER": "app",
+    "PASSWORD": "app",
+    "HOST": "127.0.0.1",
+    "PORT": os.environ.get("BENCH_DB_PORT", "3306"),
+    "CONN_MAX_AGE": 0 if STACK in ("per_request", "sqlalchemy") else 60,
+    "OPTIONS": {"charset": "utf8mb4"},
+}
+if STACK == "sqlalchemy":
+    # Django "closes" at the end of each request, which returns to SQLAlchemy's pool.
+    _database["ENGINE"] = "dj_db_conn_pool.backends.mysql"
+    _database["POOL_OPTIONS"] = {"POOL_SIZE": POOL_SIZE, "MAX_OVERFLOW": POOL_MAX - POOL_SIZE}
+DATABASES = {"default": _database}
+LOGGING = {  # each failed request is logged, so the harness can count "Too many connections"
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False}},
 }
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.djsite")
 
+from collections.abc import Iterator  # noqa: E402
+
 from django.db import connection  # noqa: E402
-from django.http import HttpRequest, HttpResponse  # noqa: E402
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
 
@@ -60,11 +75,23 @@ def hold(request: HttpRequest) -> HttpResponse:
     return HttpResponse("held")
 
 
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    """20 chunks, each from its own query run while the response streams."""
+
+    def chunks() -> Iterator[str]:
+        for i in range(1, 21):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT name FROM items WHERE id = %s", [i])
+                yield cursor.fetchone()[0] + "\n"
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
 def nodb(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
-urlpatterns = [path("query/", query), path("hold/", hold), path("nodb/", nodb)]
+urlpatterns = [path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb)]
 
 
 def _application():  # type: ignore[no-untyped-def]
@@ -79,6 +106,11 @@ def _application():  # type: ignore[no-untyped-def]
             linger=float(os.environ.get("POOL_LINGER", "5")),
             skip=lambda environ: environ["PATH_INFO"] == "/nodb/",
         )
+    if STACK == "old_patch":
+        from django_db_pooling import pooling
+
+        pooling.set_pool_size(POOL_SIZE, max_outstanding=POOL_MAX)
+        pooling.apply_patch()
     return app
 
 

@@ -25,6 +25,7 @@ import gevent
 import gevent.pywsgi
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
 
 ITEMS_TABLE = (
@@ -46,12 +47,27 @@ def mariadb() -> Iterator[MariaDBServer]:
 
 
 @pytest.fixture(scope="session")
-def django_site(mariadb: MariaDBServer) -> MariaDBServer:
-    """Django configured once for the session, every alias on the throwaway server."""
+def fault_proxy(mariadb: MariaDBServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(mariadb.port)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def django_site(mariadb: MariaDBServer, fault_proxy: FaultProxy) -> MariaDBServer:
+    """Django configured once for the session, every alias on the throwaway server.
+
+    ``proxied`` reaches it through the fault-injecting proxy, with the driver timeouts
+    the README recommends, so that a network fault ends in an error, never a hang.
+    """
     import django
     from django.conf import settings
 
     install_pymysql()
+    proxied = mariadb.django_settings(
+        conn_max_age=60, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
+    )
+    proxied["PORT"] = str(fault_proxy.port)
     settings.configure(
         DEBUG=False,
         SECRET_KEY="tests-only",
@@ -65,6 +81,7 @@ def django_site(mariadb: MariaDBServer) -> MariaDBServer:
             "default": mariadb.django_settings(conn_max_age=60),
             "other": mariadb.django_settings(conn_max_age=60),
             "short": mariadb.django_settings(conn_max_age=1),
+            "proxied": proxied,
         },
     )
     django.setup()
@@ -74,6 +91,8 @@ def django_site(mariadb: MariaDBServer) -> MariaDBServer:
 @pytest.fixture
 def db(django_site: MariaDBServer) -> Iterator[MariaDBServer]:
     """The server, with no app connection left over from an earlier test."""
+    if not django_site.running:  # a fault test that failed half-way
+        django_site.start_again()
     django_site.kill_user("app")
     wait_until(lambda: django_site.connection_count("app") == 0, what="app connections gone")
     django_site.admin_query("TRUNCATE TABLE app.items")

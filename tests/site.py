@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.db import connection, connections, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.urls import path
 
 
@@ -102,6 +108,29 @@ def unpooled(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"id": _one("SELECT CONNECTION_ID()", "other")})
 
 
+def worker(request: HttpRequest) -> HttpResponse:
+    """Which process served this, on which server connection."""
+    import os
+
+    return JsonResponse({"pid": os.getpid(), "id": _one("SELECT CONNECTION_ID()")})
+
+
+def twice(request: HttpRequest) -> HttpResponse:
+    """Two queries with a pause between, in which other greenlets run their requests."""
+    import os
+    import time
+
+    first = _one("SELECT CONNECTION_ID()")
+    time.sleep(0.05)  # cooperative once gevent has patched time
+    return JsonResponse({"pid": os.getpid(), "first": first, "second": _one("SELECT CONNECTION_ID()")})
+
+
+def download(request: HttpRequest) -> FileResponse:
+    """A file response (gunicorn may send it with sendfile), after a query."""
+    _one("SELECT 1")
+    return FileResponse(open(__file__, "rb"), content_type="text/plain")
+
+
 def boom(request: HttpRequest) -> HttpResponse:
     _one("SELECT 1")
     raise ValueError("the view failed")
@@ -119,4 +148,7 @@ urlpatterns = [
     path("nodb/", nodb),
     path("unpooled/", unpooled),
     path("boom/", boom),
+    path("worker/", worker),
+    path("twice/", twice),
+    path("download/", download),
 ]

@@ -26,11 +26,14 @@ def _app(environ, start_response):  # a stand-in inner app; never called here
         ({"aliases": "default"}, TypeError, "write aliases=\\['default'\\]"),
         ({"aliases": []}, ValueError, "aliases names no database"),
         ({"skip": "health"}, TypeError, "skip must be a callable"),
+        ({"linger": None}, TypeError, "linger must be a number of seconds"),
+        ({"linger": -1}, ValueError, "linger must be >= 0"),
+        ({"hold_warning": 0}, ValueError, "hold_warning must be > 0"),
     ],
     ids=[
         "size-zero", "size-float", "size-bool", "size-str", "cap-below-size", "cap-zero",
         "timeout-negative", "timeout-str", "ping-negative", "aliases-str", "aliases-empty",
-        "skip-not-callable",
+        "skip-not-callable", "linger-none", "linger-negative", "hold-warning-zero",
     ],
 )
 def test_bad_arguments_fail_at_construction(django_site, kwargs, error, message):
@@ -76,5 +79,5 @@ def test_construction_never_connects(db):
     before = db.connections_total()
     app = PoolingMiddleware(_app)  # every alias
     assert db.connections_opened_since(before) == 0
-    assert set(app.stats()) == {"default", "other", "short"}
+    assert set(app.stats()) == {"default", "other", "short", "proxied"}
     assert all(s["opened"] == 0 for s in app.stats().values())

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import _concurrency
 from .pool import Pool
+from .session import reset_session
 
 # Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it (and
 # relying on private ones, ``_thread_ident``, that no stub declares).
@@ -133,9 +134,11 @@ class AliasPool:
         max_outstanding: int | None,
         ping_after: float | None,
         linger: float = 0.0,
+        reset: str = "transaction",
     ) -> None:
         self.alias = alias
         self.ping_after = ping_after
+        self.reset_session = reset == "session"
         self.pool: Pool[Wrapper] = Pool(
             alias,
             create=self._create,
@@ -199,6 +202,8 @@ class AliasPool:
             and time.monotonic() - idle_since >= self.ping_after
         ):
             self._check_alive(wrapper)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
 
     def _check_alive(self, wrapper: Wrapper) -> None:
@@ -230,6 +235,8 @@ class AliasPool:
         request that never touches the database then costs no new wrapper.
         """
         wrapper._wsgi_dbpool_holder = None
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
         giving = wrapper
         try:
             if broken:
@@ -269,8 +276,20 @@ class AliasPool:
             self.note_closed(wrapper)
         elif wrapper.close_at is not None and time.monotonic() >= wrapper.close_at:
             self._close(wrapper, "older than CONN_MAX_AGE")
+        if self.reset_session and wrapper.connection is not None:
+            self._reset_session(wrapper)
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next request
         return wrapper
+
+    def _reset_session(self, wrapper: Wrapper) -> None:
+        wrapper._thread_ident = _concurrency.get_ident()
+        try:
+            done = reset_session(wrapper)
+        except Exception as exc:
+            logger.warning("closed a connection of %r: session reset failed: %r", self.alias, exc)
+            done = False
+        if not done:  # no reset on this backend: a fresh connection is the clean one
+            self._close(wrapper, "session reset")
 
     def _roll_back(self, wrapper: Wrapper) -> None:
         wrapper._thread_ident = _concurrency.get_ident()  # whoever returns it may act on it
@@ -293,6 +312,20 @@ class AliasPool:
 
     def stats(self) -> dict[str, int | float | None]:
         return {"opened": 0, "closed": 0, "stale": 0, "dirty": 0, **self.pool.stats()}
+
+
+def connection_label(wrapper: Wrapper) -> str:
+    """The server's id for the wrapper's connection, from what the driver already knows."""
+    raw = wrapper.connection
+    if raw is None:
+        return "(not connected)"
+    thread_id = getattr(raw, "thread_id", None)  # PyMySQL / mysqlclient: CONNECTION_ID()
+    if callable(thread_id):
+        return str(thread_id())
+    pid = getattr(getattr(raw, "info", None), "backend_pid", None)  # psycopg 3
+    if pid is not None:
+        return str(pid)
+    return hex(id(raw))
 
 
 def warn_if_conn_max_age_zero(alias: str, settings: dict[str, Any]) -> None:

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from . import _concurrency, binding
 from .binding import AliasPool
 from .errors import PoolTimeout
+from .holds import HoldWatch
 from .lease import Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
+from .session import RESET_MODES
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -55,6 +57,12 @@ class PoolingMiddleware:
         behind the cap. Such a request must not use a pooled alias.
     :param ping_after: a connection idle at least this many seconds is pinged before
         it is handed out (one round trip); ``None``: never.
+    :param reset: ``"transaction"`` (default, no round trip on the clean path) rolls
+        back what a request left open; ``"session"`` also wipes the server session
+        (variables, temporary tables, named locks) before the next request gets it.
+    :param hold_warning: log a WARNING, once, for a request still holding its
+        connections this many seconds after it took them (naming its method and
+        path); ``None``: off.
     :param linger: seconds a connection returned while ``size`` are already idle stays
         open for the next request before it is closed; ``0``: close it at once. Under
         a steady load above ``size`` this avoids closing one connection while opening
@@ -72,6 +80,8 @@ class PoolingMiddleware:
         skip: Callable[[WSGIEnvironment], bool] | None = None,
         ping_after: float | None = 1.0,
         linger: float = 5.0,
+        hold_warning: float | None = None,
+        reset: str = "transaction",
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -92,6 +102,15 @@ class PoolingMiddleware:
         _check_seconds("linger", linger)
         if linger is None:
             raise TypeError("linger must be a number of seconds (0 closes surplus at once)")
+        if reset not in RESET_MODES:
+            raise ValueError(
+                f"reset must be one of {RESET_MODES!r}, got {reset!r}: 'transaction' (free: "
+                f"rolls back what was left open) or 'session' (one round trip more: wipes "
+                f"session variables, temporary tables and locks too)"
+            )
+        _check_seconds("hold_warning", hold_warning)
+        if hold_warning == 0:
+            raise ValueError("hold_warning must be > 0 seconds, or None to turn the warning off")
         if skip is not None and not callable(skip):
             raise TypeError(
                 f"skip must be a callable taking the WSGI environ, got {type(skip).__name__}"
@@ -103,12 +122,15 @@ class PoolingMiddleware:
         self.skip = skip
         self.ping_after = ping_after
         self.linger = linger
+        self.hold_warning = hold_warning
+        self.reset = reset
         self.aliases, unpooled = _resolve_aliases(aliases)
+        self._holds = HoldWatch(hold_warning, self.aliases) if hold_warning else None
         self._unpooled = tuple(unpooled)
         self._pools = [
             AliasPool(
                 alias, size=size, max_outstanding=max_outstanding, ping_after=ping_after,
-                linger=linger,
+                linger=linger, reset=reset,
             )
             for alias in self.aliases
         ]
@@ -123,9 +145,9 @@ class PoolingMiddleware:
             binding.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
         )
         logger.info(
-            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s",
+            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s reset=%s",
             ", ".join(repr(a) for a in self.aliases), size, max_outstanding, timeout, ping_after,
-            linger,
+            linger, reset,
         )
 
     # -- WSGI ---------------------------------------------------------------------
@@ -143,20 +165,23 @@ class PoolingMiddleware:
         except PoolTimeout as exc:
             timed_out = exc
         else:
+            release: Callable[[bool], None] = lease.release
+            if self._holds is not None:
+                release = _watched(self._holds, lease, environ)
             try:
                 result = self.app(environ, start_response)
             except BaseException as exc:
-                lease.release(broken=interrupted(exc))
+                release(interrupted(exc))
                 raise
             file_wrapper = environ.get("wsgi.file_wrapper")
             if (
                 file_wrapper is not None
                 and isinstance(file_wrapper, type)
                 and isinstance(result, file_wrapper)
-                and hook_file_wrapper(result, lease.release)
+                and hook_file_wrapper(result, release)
             ):
                 return result
-            return ClosingIterable(result, lease.release, self._abandoned)
+            return ClosingIterable(result, release, self._abandoned)
         return self._unavailable(timed_out, environ, start_response)
 
     def _unavailable(
@@ -245,6 +270,19 @@ class PoolingMiddleware:
                 release(False)
             except Exception:
                 logger.exception("returning the connections of a dropped response failed")
+
+
+def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callable[[bool], None]:
+    """``lease.release``, also ending the request's watch for long holds."""
+    token = holds.start(f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}")
+
+    def release(broken: bool = False) -> None:
+        try:
+            lease.release(broken)
+        finally:
+            holds.finish(token)
+
+    return release
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

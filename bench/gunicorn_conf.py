@@ -1,0 +1,10 @@
+"""gunicorn for the benchmarks: one gevent worker, room for every client, quiet."""
+
+worker_class = "gevent"
+workers = 1
+worker_connections = 4000
+backlog = 4096
+graceful_timeout = 10
+timeout = 120
+loglevel = "warning"
+control_socket_disable = True  # gunicorn >= 24: no shared ~/.gunicorn control socket

@@ -1,0 +1,82 @@
+"""A TCP proxy on loopback that can blackhole, reset or slow the app's database traffic.
+
+Runs inside the (gevent-patched) test process: one greenlet per direction per
+connection. ``mode`` applies to traffic from now on: ``pass``; ``blackhole`` (accept,
+forward nothing: reads hang until the driver's timeout); ``reset`` (abort every open
+connection and refuse new ones with an RST); ``slow`` (delay each chunk by ``delay``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+
+import gevent
+from gevent.server import StreamServer
+
+
+class FaultProxy:
+    def __init__(self, target_port: int, *, delay: float = 0.2) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.mode = "pass"
+        self.delay = delay
+        self._sockets: set[socket.socket] = set()
+        self._server = StreamServer(("127.0.0.1", 0), self._handle)
+        self._server.start()
+        self.port = self._server.server_port
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("pass", "blackhole", "reset", "slow"), mode
+        self.mode = mode
+        if mode == "reset":
+            for sock in list(self._sockets):
+                self._abort(sock)
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+        for sock in list(self._sockets):
+            self._abort(sock)
+
+    def _abort(self, sock: socket.socket) -> None:
+        # SO_LINGER 0: close() sends an RST, as a crashed middlebox would.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.close()
+        self._sockets.discard(sock)
+
+    def _handle(self, client: socket.socket, address: object) -> None:
+        if self.mode == "reset":
+            self._abort(client)
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            self._abort(client)
+            return
+        upstream.settimeout(None)
+        self._sockets.update((client, upstream))
+        pumps = [gevent.spawn(self._pump, client, upstream), gevent.spawn(self._pump, upstream, client)]
+        gevent.joinall(pumps)
+        for sock in (client, upstream):
+            self._sockets.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                while self.mode == "blackhole":
+                    gevent.sleep(0.05)  # hold everything: the peer sees silence
+                if self.mode == "slow":
+                    gevent.sleep(self.delay)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)

@@ -1,0 +1,20 @@
+"""The test site as gunicorn serves it: settings from the environment, then the one line.
+
+``TEST_MARIADB_PORT`` points at the session's server. The module is imported by
+gunicorn (in the master with ``--preload``, else in each worker after gevent patched).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests._proc_common import setup_django
+
+setup_django()
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+from wsgi_dbpool import PoolingMiddleware  # noqa: E402
+
+application = PoolingMiddleware(get_wsgi_application(), size=2, max_outstanding=4, timeout=10)
+PID = os.getpid()

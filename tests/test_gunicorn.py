@@ -1,0 +1,107 @@
+"""Under real gunicorn gevent workers: graceful stop, --preload with several workers, sendfile."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+
+from tests.conftest import get, wait_until
+
+pytestmark = pytest.mark.mariadb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def gunicorn(db, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    environ = {**os.environ, "TEST_MARIADB_PORT": str(db.port), "PYTHONPATH": str(ROOT), **env}
+    environ.pop("DJANGO_SETTINGS_MODULE", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "tests/gunicorn_conf.py",
+         "-b", f"127.0.0.1:{port}", *args, "tests.gunicorn_app:application"],
+        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    address = f"127.0.0.1:{port}"
+
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        return False
+
+    try:
+        wait_until(listening, timeout=30, what="gunicorn listening")
+        yield address, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        process.stderr.close()
+
+
+@pytest.mark.parametrize("close_on_exit", [True, False], ids=["worker_exit-closes", "no-hook"])
+def test_graceful_stop_and_aborted_connections(db, close_on_exit):
+    env = {} if close_on_exit else {"TEST_SKIP_WORKER_EXIT": "1"}
+    aborted = db.status("Aborted_clients")
+    with gunicorn(db, **env) as (address, process):
+        jobs = [gevent.spawn(get, address, "/sleep/50/") for _ in range(4)]
+        gevent.joinall(jobs, timeout=20, raise_error=True)
+        assert db.connection_count("app") >= 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    wait_until(lambda: db.connection_count("app") == 0, what="connections gone")
+    time.sleep(0.2)
+    # Without the hook the worker dies with its sockets open: the server counts each as
+    # an aborted client. With application.close() in worker_exit, it counts none.
+    if close_on_exit:
+        assert db.status("Aborted_clients") == aborted
+    else:
+        assert db.status("Aborted_clients") > aborted
+
+
+def test_preload_workers_never_share_a_connection(db):
+    with gunicorn(db, "--preload", "-w", "2") as (address, _):
+        seen: dict[int, set[int]] = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            jobs = [gevent.spawn(get, address, "/twice/") for _ in range(8)]
+            gevent.joinall(jobs, timeout=20, raise_error=True)
+            for job in jobs:
+                # 500 here: a greenlet was handed another greenlet's connection mid-request
+                assert job.value.status == 200, job.value.body[-300:]
+                body = job.value.json()
+                assert body["first"] == body["second"]
+                seen.setdefault(body["pid"], set()).add(body["first"])
+        server_ids = {row["id"] for row in db.processlist("app")}
+    assert len(seen) == 2, "both workers should have answered"
+    first, second = seen.values()
+    assert not first & second  # no server connection is used by both processes
+    assert first | second <= server_ids  # each id a live session of its own on the server
+
+
+def test_file_response_keeps_sendfile_and_returns_the_connection(db, tmp_path):
+    log = tmp_path / "sendfile.log"
+    with gunicorn(db, SENDFILE_LOG=str(log)) as (address, _):
+        response = get(address, "/download/")
+        assert response.status == 200
+        assert response.body == (ROOT / "tests" / "site.py").read_bytes()
+        ids = {get(address, "/id/").json()["id"] for _ in range(5)}
+    assert log.read_text().split()[1] == "True"  # gunicorn took the sendfile() path
+    assert len(ids) == 1  # and the download's connection came back to the pool
