@@ -27,7 +27,7 @@ storm: $(STAMP)
 test:
 	$(MAKE) lint DJANGO=5.2
 	$(MAKE) test-one DJANGO=5.2
-	$(MAKE) test-one DJANGO=4.2
+	$(MAKE) test-one DJANGO=4.2 PYTEST_ARGS="-m 'not slow'"  # the bench smoke and packaging once is enough
 
 test-one: $(STAMP)
 	$(BIN)/python -c "from tests.mariadb import ensure_installed; ensure_installed()"

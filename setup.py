@@ -16,6 +16,7 @@ setup(
     extras_require={
         "gevent": ["gevent>=23.9", "gunicorn[gevent]>=22"],
         "mysql": ["PyMySQL>=1.1"],
+        "prometheus": ["prometheus_client>=0.17"],
     },
     classifiers=[
         "Framework :: Django",

@@ -36,7 +36,9 @@ STACKS = {
     "old_patch": "django_db_pooling 0.0.4",
     "sqlalchemy": "django-db-connection-pool 1.2 (QueuePool)",
     "wsgi_dbpool": "wsgi_dbpool",
+    "wsgi_dbpool_session": "wsgi_dbpool, reset=\"session\"",
 }
+DEFAULT_STACKS = ["per_request", "persistent", "old_patch", "sqlalchemy", "wsgi_dbpool"]
 HOLD_SECONDS = 0.05
 
 
@@ -200,7 +202,7 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
     for ax, (scenario, key, title) in zip(axes, panels, strict=True):
         values = [results[s].get(scenario, {}).get(key, 0) for s in stacks]
-        colors = ["#2f6fdf" if s == "wsgi_dbpool" else "#9aa5b1" for s in stacks]
+        colors = ["#2f6fdf" if s.startswith("wsgi_dbpool") else "#9aa5b1" for s in stacks]
         bars = ax.barh(stacks, values, color=colors)
         for bar, stack in zip(bars, stacks, strict=True):
             errors = results[stack].get(scenario, {}).get("errors", 0) if scenario == "storm" else 0
@@ -217,7 +219,8 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs: about two minutes in all")
-    parser.add_argument("--stacks", default=",".join(STACKS))
+    parser.add_argument("--stacks", default=",".join(DEFAULT_STACKS),
+                        help=f"comma-separated, from {', '.join(STACKS)}")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--max-outstanding", type=int, default=20)

@@ -5,7 +5,7 @@ Chosen by environment variables, so one gunicorn command line serves each stack:
 - ``BENCH_STACK``: ``per_request`` (``CONN_MAX_AGE=0``, no pool), ``persistent``
   (``CONN_MAX_AGE=60``, no pool), ``old_patch`` (django_db_pooling 0.0.4's
   monkey-patch), ``sqlalchemy`` (django-db-connection-pool: SQLAlchemy's QueuePool behind
-  a Django backend), ``wsgi_dbpool``;
+  a Django backend), ``wsgi_dbpool``, ``wsgi_dbpool_session`` (with ``reset="session"``);
 - ``BENCH_DB_PORT``; ``POOL_SIZE`` (4), ``POOL_MAX_OUTSTANDING`` (20), ``POOL_LINGER`` (5).
 """
 
@@ -91,20 +91,33 @@ def nodb(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
-urlpatterns = [path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb)]
+def stats(request: HttpRequest) -> HttpResponse:
+    """This worker's pool, for the soak's sampler."""
+    import json
+
+    middleware = request.META.get("wsgi_dbpool.middleware")
+    body = {"pid": os.getpid(), "stats": middleware.stats() if middleware else None}
+    return HttpResponse(json.dumps(body), content_type="application/json")
+
+
+urlpatterns = [
+    path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb),
+    path("stats/", stats),
+]
 
 
 def _application():  # type: ignore[no-untyped-def]
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
-    if STACK == "wsgi_dbpool":
+    if STACK in ("wsgi_dbpool", "wsgi_dbpool_session"):
         from wsgi_dbpool import PoolingMiddleware
 
         return PoolingMiddleware(
             app, size=POOL_SIZE, max_outstanding=POOL_MAX, timeout=30,
+            reset="session" if STACK == "wsgi_dbpool_session" else "transaction",
             linger=float(os.environ.get("POOL_LINGER", "5")),
-            skip=lambda environ: environ["PATH_INFO"] == "/nodb/",
+            skip=lambda environ: environ["PATH_INFO"] in ("/nodb/", "/stats/"),
         )
     if STACK == "old_patch":
         from django_db_pooling import pooling

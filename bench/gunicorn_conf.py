@@ -1,7 +1,9 @@
 """gunicorn for the benchmarks: one gevent worker, room for every client, quiet."""
 
+import os
+
 worker_class = "gevent"
-workers = 1
+workers = int(os.environ.get("BENCH_WORKERS", "1"))
 worker_connections = 4000
 backlog = 4096
 graceful_timeout = 10

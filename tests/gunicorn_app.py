@@ -16,5 +16,8 @@ from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from wsgi_dbpool import PoolingMiddleware  # noqa: E402
 
-application = PoolingMiddleware(get_wsgi_application(), size=2, max_outstanding=4, timeout=10)
+application = PoolingMiddleware(
+    get_wsgi_application(), size=2, max_outstanding=4, timeout=10,
+    skip=lambda environ: environ["PATH_INFO"] == "/metrics/",
+)
 PID = os.getpid()

@@ -18,7 +18,18 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     worker.wsgi.close()
 
 
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from wsgi_dbpool.prometheus import export_multiprocess
+
+        export_multiprocess(worker.wsgi, interval=0.2)
     log = os.environ.get("SENDFILE_LOG")
     if not log:
         return

@@ -125,6 +125,15 @@ def twice(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"pid": os.getpid(), "first": first, "second": _one("SELECT CONNECTION_ID()")})
 
 
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition of every worker (multiprocess mode), as an operator runs it."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return HttpResponse(generate_latest(registry), content_type="text/plain")
+
+
 def download(request: HttpRequest) -> FileResponse:
     """A file response (gunicorn may send it with sendfile), after a query."""
     _one("SELECT 1")
@@ -150,5 +159,6 @@ urlpatterns = [
     path("boom/", boom),
     path("worker/", worker),
     path("twice/", twice),
+    path("metrics/", metrics),
     path("download/", download),
 ]

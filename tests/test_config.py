@@ -81,3 +81,49 @@ def test_construction_never_connects(db):
     assert db.connections_opened_since(before) == 0
     assert set(app.stats()) == {"default", "other", "short", "proxied"}
     assert all(s["opened"] == 0 for s in app.stats().values())
+
+
+def test_misconfigured_engine_fails_at_construction(django_site):
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from wsgi_dbpool import PoolingMiddleware
+
+    settings.DATABASES["broken"] = {"ENGINE": "django.db.backends.nosuchdb", "CONN_MAX_AGE": 60}
+    try:
+        with pytest.raises(ImproperlyConfigured, match=r"DATABASES\['broken'\].*nosuchdb"):
+            PoolingMiddleware(_app, aliases=["broken"])
+    finally:
+        del settings.DATABASES["broken"]
+
+
+def test_close_twice_is_a_no_op(make_app, db):
+    from tests.conftest import call
+
+    app = make_app(size=1)
+    call(app, "/id/")
+    app.close()
+    app.close()
+    assert app.stats()["default"]["idle"] == 0
+    assert call(app, "/id/")[0] == "200 OK"  # still usable after close()
+
+
+def test_checkout_nested_and_across_greenlets(make_app, db):
+    import gevent
+    from django.db import connections
+
+    app = make_app(size=2, max_outstanding=2, timeout=5)
+    with app.checkout():
+        outer = connections["default"]
+        with app.checkout():  # nested: the same connection, no second checkout
+            assert connections["default"] is outer
+            assert app.stats()["default"]["in_use"] == 1
+
+        def spawned() -> bool:
+            # A greenlet does not inherit its parent's binding: it checks out its own.
+            with app.checkout():
+                return connections["default"] is not outer
+
+        assert gevent.spawn(spawned).get(timeout=5) is True
+        assert connections["default"] is outer
+    assert app.stats()["default"]["in_use"] == 0

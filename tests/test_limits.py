@@ -197,3 +197,12 @@ def test_skipped_requests_do_not_queue_behind_the_cap(make_app, db):
     assert health_seconds < 0.2  # answered while every slot was taken, not after a wait
     assert blocked.status == 503
     assert app.stats()["default"]["checkouts"] == 2
+
+
+def test_skipped_request_that_uses_the_database_leaves_nothing_behind(make_app, db):
+    app = make_app(size=1, skip=lambda environ: environ["PATH_INFO"] == "/id/")
+    with serve(app) as address:
+        assert get(address, "/session/").status == 200  # pooled: stays idle
+        assert get(address, "/id/").status == 200  # skipped, yet it queried
+        wait_until(lambda: db.connection_count("app") == 1, what="the skipped request's connection closed")
+    assert app.stats()["default"]["checkouts"] == 1

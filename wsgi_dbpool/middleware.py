@@ -54,7 +54,8 @@ class PoolingMiddleware:
     :param aliases: the ``DATABASES`` aliases to pool; ``None``: all of them.
     :param skip: ``callable(environ) -> bool``; true means serve the request without
         checking anything out (health checks, static files), so it never queues
-        behind the cap. Such a request must not use a pooled alias.
+        behind the cap. A connection such a request opens anyway is its own, outside
+        the pool and its cap, and is closed when the request ends.
     :param ping_after: a connection idle at least this many seconds is pinged before
         it is handed out (one round trip); ``None``: never.
     :param reset: ``"transaction"`` (default, no round trip on the clean path) rolls
@@ -127,6 +128,7 @@ class PoolingMiddleware:
         self.aliases, unpooled = _resolve_aliases(aliases)
         self._holds = HoldWatch(hold_warning, self.aliases) if hold_warning else None
         self._unpooled = tuple(unpooled)
+        self._every_alias = (*self.aliases, *self._unpooled)
         self._pools = [
             AliasPool(
                 alias, size=size, max_outstanding=max_outstanding, ping_after=ping_after,
@@ -159,7 +161,7 @@ class PoolingMiddleware:
             self._release_abandoned()
         environ[ENVIRON_KEY] = self
         if self.skip is not None and self.skip(environ):
-            return self.app(environ, start_response)
+            return self._serve_skipped(environ, start_response)
         try:
             lease = Lease(self._pools, self._connection_storage(), self.timeout, self._unpooled)
         except PoolTimeout as exc:
@@ -183,6 +185,19 @@ class PoolingMiddleware:
                 return result
             return ClosingIterable(result, release, self._abandoned)
         return self._unavailable(timed_out, environ, start_response)
+
+    def _serve_skipped(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """No checkout; but a connection the request opens anyway is closed at its end,
+        or it would linger in the greenlet (the leak this library exists to stop)."""
+        lease = Lease((), self._connection_storage(), None, self._every_alias)
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            lease.release()
+            raise
+        return ClosingIterable(result, lease.release, self._abandoned)
 
     def _unavailable(
         self, exc: PoolTimeout, environ: WSGIEnvironment, start_response: StartResponse
@@ -303,6 +318,22 @@ def _check_seconds(name: str, value: object) -> None:
         )
 
 
+def _check_engine(alias: str, settings: dict[str, Any]) -> None:
+    """Load the alias's backend now (no connection), so a typo fails at start-up."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db.utils import load_backend
+
+    engine = settings.get("ENGINE")
+    if not engine:
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}] has no ENGINE: set it, e.g. 'django.db.backends.mysql'"
+        )
+    try:
+        load_backend(engine)
+    except ImproperlyConfigured as exc:
+        raise ImproperlyConfigured(f"DATABASES[{alias!r}]: {exc}") from None
+
+
 def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], list[str]]:
     """The pooled aliases in lock order, and the others; checks names against DATABASES."""
     from django.conf import settings
@@ -328,5 +359,6 @@ def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], li
         )
     pooled = tuple(sorted(set(chosen)))
     for alias in pooled:
+        _check_engine(alias, databases[alias])
         binding.warn_if_conn_max_age_zero(alias, databases[alias])
     return pooled, [a for a in databases if a not in pooled]

@@ -14,6 +14,7 @@ checking and disposing of objects always happens outside the lock.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import threading
@@ -27,6 +28,9 @@ from .errors import PoolTimeout
 T = TypeVar("T")
 
 logger = logging.getLogger("wsgi_dbpool")
+
+# Upper bounds (seconds) of the wait-time histogram; the last bucket is +Inf.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # What a waiter holds until it is served: nothing yet, or a bare slot to fill itself.
 _NOTHING: object = object()
@@ -67,6 +71,7 @@ class _ProcessState(Generic[T]):
         "outstanding",
         "reaping",
         "timeouts",
+        "wait_histogram",
         "wait_seconds",
         "waiters",
         "waits",
@@ -86,6 +91,7 @@ class _ProcessState(Generic[T]):
         self.discarded = 0
         self.wait_seconds = 0.0
         self.events: dict[str, int] = {}
+        self.wait_histogram = [0] * (len(WAIT_BUCKETS) + 1)  # finished waits per bucket
         self.reaping = False  # a timer will close what lingers beyond size
 
 
@@ -211,8 +217,10 @@ class Pool(Generic[T]):
                 self.release(gift, reusable=True)  # type: ignore[arg-type]
             raise
         waited = time.monotonic() - started
+        bucket = bisect.bisect_left(WAIT_BUCKETS, waited)
         with state.lock:
             state.wait_seconds += waited
+            state.wait_histogram[bucket] += 1
             gift = waiter.gift
             if gift is _NOTHING:
                 state.waiters.remove(waiter)
@@ -311,6 +319,21 @@ class Pool(Generic[T]):
         state = self._current()
         with state.lock:
             state.events[event] = state.events.get(event, 0) + 1
+
+    def wait_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Time to get a slot, over every checkout: cumulative (bound, count) pairs, the
+        sum of seconds and the count, as a Prometheus histogram wants them. Checkouts
+        that did not wait count as 0 s."""
+        state = self._current()
+        with state.lock:
+            waited = list(state.wait_histogram)
+            total = state.checkouts + state.timeouts
+            seconds = state.wait_seconds
+        cumulative, running = [], total - sum(waited)  # the immediate ones: <= any bound
+        for bound, count in zip((*WAIT_BUCKETS, float("inf")), waited, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        return cumulative, seconds, total
 
     def stats(self) -> dict[str, int | float | None]:
         """A flat snapshot of this process's counts; see :meth:`PoolingMiddleware.stats`."""

@@ -1,0 +1,199 @@
+"""``python -m bench.soak``: mixed load with faults for ~10 minutes; did anything grow?
+
+Two gunicorn gevent workers (``bench.djsite``, wsgi_dbpool, size 4, max_outstanding 20)
+in front of a throwaway MariaDB. Four ``wrk`` loads run all along (indexed queries,
+50 ms holds, streamed responses, a database-free view); every ``--fault-every`` seconds
+a fault is injected in turn: KILL of every app connection, a MariaDB restart, a short
+``wait_timeout``. Every ``--sample-every`` seconds the script records the server's
+connections, each worker's RSS and open file descriptors and the pool's ``stats()``.
+At the end (load stopped, linger passed) it prints the samples and a verdict, and
+writes them to ``docs/soak.md``. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.harness import ROOT, Server, ensure_wrk, run_wrk
+from tests.mariadb import MariaDBServer, ensure_installed
+
+
+def workers_of(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def pool_stats(url: str, workers: int) -> dict[int, dict[str, Any]]:
+    """Ask /stats/ until every worker has answered once (requests land on either)."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(40):
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(url + "/stats/", timeout=5) as response:
+                body = json.loads(response.read())
+                seen[body["pid"]] = body["stats"]["default"]
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--fault-every", type=float, default=60)
+    parser.add_argument("--sample-every", type=float, default=5)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "soak.md"))
+    args = parser.parse_args()
+    seconds = args.minutes * 60
+
+    ensure_installed()
+    ensure_wrk()
+    samples: list[dict[str, Any]] = []
+    faults: list[str] = []
+    loads: dict[str, dict[str, Any]] = {}
+    with MariaDBServer(max_connections=100) as db:
+        db.admin_query("CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40))")
+        db.admin_query("INSERT INTO app.items SELECT seq, CONCAT('item ', seq) FROM app.seq_1_to_1000")
+        server = Server("wsgi_dbpool", db, {"POOL_MAX_OUTSTANDING": "20", "BENCH_WORKERS": "2"})
+        try:
+            def load(name: str, path: str, clients: int) -> None:
+                loads[name] = run_wrk(server.url + path, clients=clients, seconds=seconds, threads=1)
+
+            threads = [
+                threading.Thread(target=load, args=args_, daemon=True)
+                for args_ in (("query", "/query/", 20), ("hold", "/hold/", 50),
+                              ("stream", "/stream/", 5), ("nodb", "/nodb/", 5))
+            ]
+            for thread in threads:
+                thread.start()
+            started = time.monotonic()
+            next_fault = args.fault_every
+            kinds = ["kill", "restart", "wait_timeout"]
+            while time.monotonic() - started < seconds:
+                elapsed = time.monotonic() - started
+                if elapsed >= next_fault:
+                    kind = kinds[len(faults) % len(kinds)]
+                    faults.append(f"{elapsed:.0f}s {kind}")
+                    if kind == "kill":
+                        db.kill_user("app")
+                    elif kind == "restart":
+                        db.restart()
+                    else:
+                        db.set_global("wait_timeout", 2)
+                        threading.Timer(10, lambda: db.set_global("wait_timeout", 28800)).start()
+                    next_fault += args.fault_every
+                workers = workers_of(server.process.pid)
+                stats = pool_stats(server.url, len(workers))
+                samples.append({
+                    "t": round(elapsed),
+                    "server_connections": db.connection_count("app"),
+                    "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
+                    "fds": {pid: fds(pid) for pid in workers},
+                    "in_use": sum(s["in_use"] for s in stats.values()),
+                    "idle": sum(s["idle"] for s in stats.values()),
+                    "waiting": sum(s["waiting"] for s in stats.values()),
+                    "timeouts": sum(s["timeouts"] for s in stats.values()),
+                    "stale": sum(s["stale"] for s in stats.values()),
+                })
+                print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+                time.sleep(args.sample_every)
+            for thread in threads:
+                thread.join(timeout=60)
+            time.sleep(7)  # past linger: surplus connections close
+            workers = workers_of(server.process.pid)
+            final = pool_stats(server.url, len(workers))
+            end = {
+                "server_connections": db.connection_count("app"),
+                "in_use": sum(s["in_use"] for s in final.values()),
+                "idle": sum(s["idle"] for s in final.values()),
+                "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
+                "fds": {pid: fds(pid) for pid in workers},
+            }
+            failed, too_many = server.failed_requests()
+        finally:
+            server.stop()
+    write_report(args, samples, faults, loads, end, failed, too_many)
+
+
+def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults: list[str],
+                 loads: dict[str, dict[str, Any]], end: dict[str, Any], failed: int, too_many: int) -> None:
+    warm = samples[min(len(samples) - 1, max(1, int(60 / args.sample_every)))]  # a minute in
+    def total(d: dict[int, float]) -> float:
+        return float(sum(d.values()))
+    rss_growth = total(end["rss_mb"]) - total(warm["rss_mb"])
+    fd_growth = total(end["fds"]) - total(warm["fds"])
+    peak = max(s["server_connections"] for s in samples)
+    checks = {
+        "server connections never above 2 workers x max_outstanding (40)": peak <= 40,
+        "in_use back to 0 after the load": end["in_use"] == 0,
+        "idle <= 2 x size (8) after linger": end["idle"] <= 8,
+        "server connections after == idle": end["server_connections"] == end["idle"],
+        "open fds did not grow (vs a minute in)": fd_growth <= 2,
+        "RSS grew less than 10 MB per worker (vs a minute in)": rss_growth < 10 * len(end["rss_mb"]),
+    }
+    lines = [
+        f"# Soak: {datetime.date.today().isoformat()}, {args.minutes:g} minutes, "
+        f"`python -m bench.soak --minutes {args.minutes:g}`",
+        "",
+        f"{os.cpu_count()} cores; 2 gunicorn gevent workers, size=4, max_outstanding=20; MariaDB "
+        f"max_connections=100; loads: 20 clients on a query, 50 on a 50 ms hold, 5 streaming, "
+        f"5 on a database-free view; faults: {', '.join(faults) or 'none'}.",
+        "",
+        "| check | result |",
+        "|---|---|",
+        *[f"| {name} | {'yes' if ok else '**NO**'} |" for name, ok in checks.items()],
+        "",
+        "| load | requests | requests/s | non-2xx | socket errors |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {name} | {r['requests']} | {r['rps']:.0f} | {r['non_2xx']} | {r['socket_errors']} |"
+          for name, r in loads.items()],
+        "",
+        f"500s logged by Django: {failed} (of which \"Too many connections\": {too_many}); they "
+        f"come from the faults (queries cut by KILL or the restart).",
+        "",
+        f"Peak server connections: {peak}. After: {json.dumps(end)}. RSS growth since a minute in: "
+        f"{rss_growth:+.1f} MB in all; fds: {fd_growth:+.0f}.",
+        "",
+        "| t (s) | server connections | in use | idle | waiting | timeouts | stale "
+        "| RSS MB (per worker) | fds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    step = max(1, int(30 / args.sample_every))
+    for s in samples[::step]:
+        lines.append(
+            f"| {s['t']} | {s['server_connections']} | {s['in_use']} | {s['idle']} | {s['waiting']} | "
+            f"{s['timeouts']} | {s['stale']} | {', '.join(map(str, s['rss_mb'].values()))} | "
+            f"{', '.join(map(str, s['fds'].values()))} |"
+        )
+    verdict = "nothing grew" if all(checks.values()) else "SOMETHING GREW OR LEAKED"
+    lines += ["", f"Verdict: **{verdict}**."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    if not all(checks.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Prometheus metrics for the pool (``pip install wsgi_dbpool[prometheus]``).
+
+Two ways in, for the two ways gunicorn runs:
+
+- one process, or one scrape port per worker: ``register(application)`` adds a
+  collector that reads ``stats()`` at scrape time;
+- several workers behind one ``/metrics`` (``PROMETHEUS_MULTIPROC_DIR`` set, see
+  prometheus_client's multiprocess mode): ``export_multiprocess(application)`` in each
+  worker copies the numbers into prometheus_client's multiprocess-aware metrics every
+  ``interval`` seconds (gauges summed over live workers, counters added up).
+
+Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
+``wsgi_dbpool_waiting``, ``wsgi_dbpool_max_outstanding`` (gauges);
+``wsgi_dbpool_opened_total``, ``wsgi_dbpool_closed_total``,
+``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
+``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total`` (counters);
+``wsgi_dbpool_wait_seconds`` (histogram of the time to get a connection).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from .middleware import PoolingMiddleware
+
+GAUGES = {
+    "idle": "Connections idle in the pool",
+    "in_use": "Connections checked out by requests",
+    "waiting": "Requests waiting for a connection",
+    "max_outstanding": "The cap on connections checked out at once (0: none)",
+}
+COUNTERS = {
+    "opened": "Server connections opened by pooled wrappers",
+    "closed": "Server connections closed by pooled wrappers",
+    "checkouts": "Connections handed to requests",
+    "timeouts": "Requests that gave up waiting (503 or PoolTimeout)",
+    "dirty": "Connections returned inside a transaction and rolled back or replaced",
+    "stale": "Connections found dead on checkout",
+}
+
+
+class PoolCollector:
+    """Reads the middleware's ``stats()`` when Prometheus scrapes this process."""
+
+    def __init__(self, middleware: PoolingMiddleware) -> None:
+        self.middleware = middleware
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.middleware.stats()
+        for name, doc in GAUGES.items():
+            family = GaugeMetricFamily(f"wsgi_dbpool_{name}", doc, labels=["alias"])
+            for alias, numbers in stats.items():
+                family.add_metric([alias], float(numbers.get(name) or 0))
+            yield family
+        for name, doc in COUNTERS.items():
+            counter = CounterMetricFamily(f"wsgi_dbpool_{name}", doc, labels=["alias"])
+            for alias, numbers in stats.items():
+                counter.add_metric([alias], float(numbers.get(name) or 0))
+            yield counter
+        histogram = HistogramMetricFamily(
+            "wsgi_dbpool_wait_seconds", "Time a request waited for a connection", labels=["alias"]
+        )
+        for alias_pool in self.middleware._pools:
+            buckets, seconds, _count = alias_pool.pool.wait_histogram()
+            histogram.add_metric(
+                [alias_pool.alias], [(_bound(b), float(c)) for b, c in buckets], seconds
+            )
+        yield histogram
+
+
+def register(
+    middleware: PoolingMiddleware, registry: CollectorRegistry = REGISTRY
+) -> PoolCollector:
+    """Export ``middleware``'s pool through ``registry`` (the default one unless given)."""
+    collector = PoolCollector(middleware)
+    registry.register(collector)
+    return collector
+
+
+def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) -> None:
+    """In a worker: keep prometheus_client's multiprocess files up to date with the pool.
+
+    Call it once per worker (gunicorn ``post_worker_init``), with
+    ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported. The wait
+    histogram is not exported this way (its buckets cannot be replayed into
+    prometheus_client's); its sum and count are, as ``wsgi_dbpool_wait_seconds_sum``
+    and ``_count`` counters.
+    """
+    from prometheus_client import Counter, Gauge
+
+    gauges = {
+        name: Gauge(f"wsgi_dbpool_{name}", doc, ["alias"], multiprocess_mode="livesum")
+        for name, doc in GAUGES.items()
+    }
+    counters = {
+        name: Counter(f"wsgi_dbpool_{name}", doc, ["alias"]) for name, doc in COUNTERS.items()
+    }
+    counters["wait_seconds_sum"] = Counter(
+        "wsgi_dbpool_wait_seconds_sum", "Seconds requests waited for a connection", ["alias"]
+    )
+    counters["wait_seconds_count"] = Counter(
+        "wsgi_dbpool_wait_seconds_count", "Checkouts, waited or not", ["alias"]
+    )
+    exported: dict[tuple[str, str], float] = {}
+
+    def copy() -> None:
+        for alias_pool in middleware._pools:
+            alias, numbers = alias_pool.alias, alias_pool.stats()
+            _, seconds, count = alias_pool.pool.wait_histogram()
+            numbers = {**numbers, "wait_seconds_sum": seconds, "wait_seconds_count": count}
+            for name, gauge in gauges.items():
+                gauge.labels(alias).set(float(numbers.get(name) or 0))
+            for name, counter in counters.items():
+                value = float(numbers.get(name) or 0)
+                delta = value - exported.get((alias, name), 0.0)
+                if delta > 0:
+                    counter.labels(alias).inc(delta)
+                exported[(alias, name)] = value
+        timer = threading.Timer(interval, copy)  # a greenlet under gevent
+        timer.daemon = True
+        timer.start()
+
+    copy()
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
