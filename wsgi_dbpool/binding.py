@@ -96,10 +96,12 @@ def _in_transaction_flag(raw: Any) -> bool:
     Catches ``BEGIN`` sent by hand in autocommit mode, which Django's own flags miss.
     Unknown drivers report False: Django's flags are then all we go by.
     """
-    probe = _TRANSACTION_PROBES.get(type(raw))
-    if probe is None:
-        probe = _TRANSACTION_PROBES[type(raw)] = _transaction_probe_for(raw)
-    return probe(raw)
+    return (_TRANSACTION_PROBES.get(type(raw)) or _learn_probe(raw))(raw)
+
+
+def _learn_probe(raw: Any) -> Callable[[Any], bool]:
+    probe = _TRANSACTION_PROBES[type(raw)] = _transaction_probe_for(raw)
+    return probe
 
 
 def _transaction_probe_for(raw: Any) -> Callable[[Any], bool]:
@@ -237,6 +239,20 @@ class AliasPool:
         wrapper._wsgi_dbpool_holder = None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
+        raw = wrapper.connection
+        if (  # the clean path, decided from memory alone: nothing to do
+            raw is not None
+            and not broken
+            and not self.reset_session
+            and not wrapper.in_atomic_block
+            and not wrapper.errors_occurred
+            and wrapper.autocommit == wrapper.settings_dict["AUTOCOMMIT"]
+            and (wrapper.close_at is None or time.monotonic() < wrapper.close_at)
+            and not (_TRANSACTION_PROBES.get(type(raw)) or _learn_probe(raw))(raw)
+        ):
+            wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next request
+            self.pool.release(wrapper, reusable=True)
+            return
         giving = wrapper
         try:
             if broken:

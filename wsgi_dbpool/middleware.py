@@ -163,7 +163,9 @@ class PoolingMiddleware:
         if self.skip is not None and self.skip(environ):
             return self._serve_skipped(environ, start_response)
         try:
-            lease = Lease(self._pools, self._connection_storage(), self.timeout, self._unpooled)
+            if self._storage_generation != _concurrency._fork_generation:
+                self._connection_storage()
+            lease = Lease(self._pools, self._storage, self.timeout, self._unpooled)
         except PoolTimeout as exc:
             timed_out = exc
         else:

@@ -163,7 +163,9 @@ class Pool(Generic[T]):
         Returns the object and the monotonic time it was last returned (None when it
         was just created), so the caller can decide whether it needs a health check.
         """
-        state = self._current()
+        state = self._state  # inlined _current(): this is the per-request path
+        if state is None or state.generation != _concurrency._fork_generation:
+            state = self._new_state()
         with state.lock:
             # Newcomers never overtake waiting callers: with a queue, join its end.
             if not state.waiters:
@@ -241,7 +243,9 @@ class Pool(Generic[T]):
         reusable object is kept idle while fewer than ``size`` are, and anything else
         is disposed of outside the lock.
         """
-        state = self._current()
+        state = self._state  # inlined _current(): this is the per-request path
+        if state is None or state.generation != _concurrency._fork_generation:
+            state = self._new_state()
         surplus = start_reaper = False
         with state.lock:
             if state.outstanding <= 0:
