@@ -15,7 +15,6 @@ import os
 
 import pymysql
 
-pymysql.version_info = (2, 2, 7, "final", 0)  # Django asks for mysqlclient's version
 pymysql.install_as_MySQLdb()
 
 STACK = os.environ.get("BENCH_STACK", "wsgi_dbpool")

@@ -54,7 +54,6 @@ DATABASES = {"default": _database()}
 if DATABASES["default"]["ENGINE"].endswith("mysql"):
     import pymysql
 
-    pymysql.version_info = (2, 2, 7, "final", 0)  # Django asks for mysqlclient's version
     pymysql.install_as_MySQLdb()
 
 LOGGING = {

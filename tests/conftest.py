@@ -133,6 +133,28 @@ def wait_until(
         gevent.sleep(0.01)
 
 
+class PeakConnections:
+    """Samples the app user's server connections in a greenlet; ``peak`` is the most seen."""
+
+    def __init__(self, db: MariaDBServer, every: float = 0.005) -> None:
+        self.peak = 0
+        self._running = True
+
+        def sample() -> None:
+            while self._running:
+                self.peak = max(self.peak, db.connection_count("app"))
+                gevent.sleep(every)
+
+        self._greenlet = gevent.spawn(sample)
+
+    def __enter__(self) -> PeakConnections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self._greenlet.join(timeout=5)
+
+
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """A real gevent WSGI server on a free loopback port; yields its address."""

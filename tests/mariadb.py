@@ -62,12 +62,10 @@ def ensure_installed() -> None:
 
 
 def install_pymysql() -> None:
-    """Let Django's MySQL backend use PyMySQL (it asks for mysqlclient's module name)."""
+    """Let Django's MySQL backend use PyMySQL, as a user's wsgi.py does (it reports a
+    mysqlclient-compatible version, which Django checks)."""
     import pymysql
 
-    # Django checks the mysqlclient version it believes it has; PyMySQL reports its own.
-    pymysql.version_info = (2, 2, 7, "final", 0)  # type: ignore[assignment]
-    pymysql.__version__ = "2.2.7"
     pymysql.install_as_MySQLdb()
 
 

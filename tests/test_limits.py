@@ -8,7 +8,7 @@ import time
 import gevent
 import pytest
 
-from tests.conftest import call, get, serve, wait_until
+from tests.conftest import PeakConnections, call, get, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
 
@@ -16,22 +16,11 @@ pytestmark = pytest.mark.mariadb
 @pytest.mark.parametrize("linger", [0, 0.5], ids=["close-surplus-at-once", "linger-0.5s"])
 def test_300_clients_never_exceed_the_cap(make_app, db, linger):
     app = make_app(size=2, max_outstanding=5, timeout=30, linger=linger)
-    peak = 0
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, db.connection_count("app"))
-            gevent.sleep(0.005)
-
-    sampler = gevent.spawn(sample)
-    with serve(app) as address:
+    with PeakConnections(db) as connections, serve(app) as address:
         jobs = [gevent.spawn(get, address, "/sleep/20/", timeout=60) for _ in range(300)]
         gevent.joinall(jobs, timeout=90, raise_error=True)
         statuses = [job.value.status for job in jobs]
-    sampling = False
-    sampler.join(timeout=5)
+    peak = connections.peak
     assert set(statuses) <= {200, 503}
     assert statuses.count(200) == 300  # timeout=30 is ample for 300 x 20 ms / 5
     assert 0 < peak <= 5

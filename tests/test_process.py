@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import call, wait_until
+from tests.conftest import PeakConnections, call, wait_until
 
 pytestmark = pytest.mark.mariadb
 
@@ -65,23 +65,9 @@ def test_preload_builds_before_gevent_patches(db):
 
 
 def test_plain_threads_without_gevent(db):
-    peak = 0
-    import gevent
-
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, db.connection_count("app"))
-            gevent.sleep(0.01)
-
-    sampler = gevent.spawn(sample)
-    try:
+    with PeakConnections(db, every=0.01) as connections:
         result = _run("tests.proc_threads", db)
-    finally:
-        sampling = False
-        sampler.join(timeout=5)
+    peak = connections.peak
     assert result["errors"] == []
     assert len(result["ids"]) == 24
     assert len(set(result["ids"])) <= 3
