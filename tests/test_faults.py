@@ -168,3 +168,22 @@ def test_slow_network_still_serves(make_app, db, proxy):
     assert [job.value[0] for job in jobs] == [200] * 6
     assert min(job.value[1] for job in jobs) >= 0.2  # the delay was really there
     assert_no_leak(app, db, "proxied")
+
+
+def test_client_gives_up_before_the_view_finishes(make_app, db):
+    import socket
+
+    app = make_app(size=1, max_outstanding=1, timeout=5)
+    with serve(app) as address:
+        host, port = address.split(":")
+        impatient = socket.create_connection((host, int(port)))
+        impatient.settimeout(0.3)
+        impatient.sendall(b"GET /sleep/1500/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            impatient.recv(1024)  # the client's patience runs out first
+        impatient.close()
+        assert app.stats()["default"]["in_use"] == 1  # the view still runs, holding its slot
+        # ... and the slot comes back when it ends: the next request is served.
+        response = get(address, "/id/")
+    assert response.status == 200
+    assert_no_leak(app, db)
