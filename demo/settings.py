@@ -29,6 +29,7 @@ TEMPLATES = [
     }
 ]
 USE_TZ = True
+TIME_ZONE = "UTC"
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
