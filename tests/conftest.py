@@ -27,6 +27,7 @@ import pytest
 
 from tests.faultproxy import FaultProxy
 from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
+from tests.postgres import PostgresServer
 
 ITEMS_TABLE = (
     "CREATE TABLE IF NOT EXISTS app.items "
@@ -54,7 +55,32 @@ def fault_proxy(mariadb: MariaDBServer) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="session")
-def django_site(mariadb: MariaDBServer, fault_proxy: FaultProxy) -> MariaDBServer:
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer(port=_free_port())
+    server.start()
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="app", password="app",
+                         dbname="app", autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id SERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL)")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def django_site(
+    mariadb: MariaDBServer, fault_proxy: FaultProxy, postgres: PostgresServer
+) -> MariaDBServer:
     """Django configured once for the session, every alias on the throwaway server.
 
     ``proxied`` reaches it through the fault-injecting proxy, with the driver timeouts
@@ -82,6 +108,7 @@ def django_site(mariadb: MariaDBServer, fault_proxy: FaultProxy) -> MariaDBServe
             "other": mariadb.django_settings(conn_max_age=60),
             "short": mariadb.django_settings(conn_max_age=1),
             "proxied": proxied,
+            "pg": postgres.django_settings(conn_max_age=60),
         },
     )
     django.setup()

@@ -145,7 +145,44 @@ def boom(request: HttpRequest) -> HttpResponse:
     raise ValueError("the view failed")
 
 
+# The shared, backend-neutral views (tests/test_backends.py): ?alias= picks the database.
+_CONNECTION_ID = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
+_SLEEP = {"mysql": "SELECT SLEEP(%s)", "postgresql": "SELECT pg_sleep(%s)"}
+
+
+def _alias(request: HttpRequest) -> str:
+    return request.GET.get("alias", "default")
+
+
+def _backend_id(alias: str) -> int:
+    return int(_one(_CONNECTION_ID[connections[alias].vendor], alias))
+
+
+def b_id(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"id": _backend_id(_alias(request))})
+
+
+def b_sleep(request: HttpRequest, ms: int) -> HttpResponse:
+    alias = _alias(request)
+    ident = _backend_id(alias)
+    _one(_SLEEP[connections[alias].vendor], alias, [ms / 1000])
+    return JsonResponse({"id": ident})
+
+
+def b_stream(request: HttpRequest) -> StreamingHttpResponse:
+    alias = _alias(request)
+
+    def generate() -> Iterator[str]:
+        for i in range(4):
+            yield json.dumps({"chunk": i, "id": _backend_id(alias)}) + "\n"
+
+    return StreamingHttpResponse(generate(), content_type="application/x-ndjson")
+
+
 urlpatterns = [
+    path("b/id/", b_id),
+    path("b/sleep/<int:ms>/", b_sleep),
+    path("b/stream/", b_stream),
     path("id/", conn_id),
     path("both/", both),
     path("session/", session),
