@@ -6,12 +6,22 @@ import os
 
 
 def setup_django() -> None:
-    import django
-    from django.conf import settings
-
     from tests.mariadb import install_pymysql
 
     install_pymysql()
+    if "TEST_PGBOUNCER_PORT" in os.environ:  # PostgreSQL behind PgBouncer in transaction mode
+        database = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "app", "USER": "app", "PASSWORD": "app",
+            "HOST": "127.0.0.1", "PORT": os.environ["TEST_PGBOUNCER_PORT"],
+            "CONN_MAX_AGE": 60,
+            # Transaction pooling: no server-side cursors, no prepared statements (a later
+            # transaction may run on another server connection).
+            "DISABLE_SERVER_SIDE_CURSORS": True,
+            "OPTIONS": {"prepare_threshold": None},
+        }
+        _configure(database)
+        return
     database = {
         "ENGINE": "django.db.backends.mysql",
         "NAME": "app",
@@ -21,6 +31,13 @@ def setup_django() -> None:
         "PORT": os.environ["TEST_MARIADB_PORT"],
         "CONN_MAX_AGE": 60,
     }
+    _configure(database)
+
+
+def _configure(database: dict) -> None:
+    import django
+    from django.conf import settings
+
     settings.configure(
         DEBUG=False,
         SECRET_KEY="tests-only",
