@@ -17,7 +17,10 @@ from django.core.wsgi import get_wsgi_application  # noqa: E402
 from wsgi_dbpool import PoolingMiddleware  # noqa: E402
 
 application = PoolingMiddleware(
-    get_wsgi_application(), size=2, max_outstanding=4, timeout=10,
+    get_wsgi_application(),
+    size=int(os.environ.get("TEST_POOL_SIZE", "2")),
+    max_outstanding=int(os.environ.get("TEST_POOL_MAX_OUTSTANDING", "4")),
+    timeout=10,
     skip=lambda environ: environ["PATH_INFO"] == "/metrics/",
 )
 PID = os.getpid()

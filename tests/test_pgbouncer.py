@@ -1,5 +1,5 @@
 """Scale-out through PgBouncer in transaction mode: three gunicorn workers, each with its
-own pool, hold more client connections than the PostgreSQL server would accept, and the
+own pool (max_outstanding 10), hold more client connections than the PostgreSQL server would accept, and the
 server still sees no more than PgBouncer's pool."""
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ def test_three_workers_through_pgbouncer_on_a_small_server(db):
     small.start()
     bouncer = PgBouncer(small, port=free_port(), pool_size=4)
     try:
+        # Each worker may hold 10 client connections: even one busy worker alone has more
+        # than the server's 7, whichever way gunicorn spreads the requests.
         with gunicorn(db, "-w", "3", "--worker-connections", "200",
-                      TEST_PGBOUNCER_PORT=str(bouncer.port)) as (address, _):
+                      TEST_PGBOUNCER_PORT=str(bouncer.port), TEST_POOL_MAX_OUTSTANDING="10") as (address, _):
             peak_server = peak_clients = 0
             jobs = [gevent.spawn(get, address, "/b/sleep/100/", timeout=60) for _ in range(150)]
             while not all(job.ready() for job in jobs):
