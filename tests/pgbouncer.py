@@ -18,6 +18,16 @@ import time
 from tests.postgres import OS_USER, PostgresServer
 
 
+def _psql() -> str:
+    """psql speaks the simple query protocol PgBouncer's admin console wants."""
+    found = shutil.which("psql")
+    if not found:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql-client"], check=True, env=env)
+        found = shutil.which("psql") or "psql"
+    return found
+
+
 def ensure_installed() -> str:
     found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if not found:
@@ -72,7 +82,7 @@ class PgBouncer:
     def clients(self) -> int:
         """Client connections PgBouncer holds now (its admin console's SHOW CLIENTS)."""
         done = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "app", "-At", "pgbouncer",
+            [_psql(), "-h", "127.0.0.1", "-p", str(self.port), "-U", "app", "-At", "pgbouncer",
              "-c", "SHOW CLIENTS"],
             capture_output=True, text=True, env={**os.environ, "PGPASSWORD": "app"}, timeout=10,
         )
