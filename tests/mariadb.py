@@ -27,6 +27,7 @@ from typing import Any
 logger = logging.getLogger("tests.mariadb")
 
 _SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+_ER_NO_SUCH_THREAD = 1094  # "Unknown thread id": KILL of a connection that already ended
 
 
 def _which(name: str) -> str | None:
@@ -62,8 +63,12 @@ def ensure_installed() -> None:
 
 
 def install_pymysql() -> None:
-    """Let Django's MySQL backend use PyMySQL, as a user's wsgi.py does (it reports a
-    mysqlclient-compatible version, which Django checks)."""
+    """Let Django's MySQL backend use PyMySQL, as a user's wsgi.py does.
+
+    No version shim is needed: Django 4.2 and 5.2 refuse a ``MySQLdb.version_info``
+    below (1, 4, 3), and PyMySQL >= 1.1 reports a mysqlclient-compatible one
+    ((1, 4, 6) in 1.1.0, (2, 2, 8) in 1.2.4).
+    """
     import pymysql
 
     pymysql.install_as_MySQLdb()
@@ -104,6 +109,8 @@ class MariaDBServer:
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> MariaDBServer:
+        """Initialise the datadir (first time only), start ``mariadbd`` and wait until it
+        answers; the first start also creates the ``app`` database and users."""
         if not self._initialised:
             self._install_datadir()
         self._spawn()
@@ -151,6 +158,9 @@ class MariaDBServer:
                     probe.settimeout(1)
                     probe.connect(self.socket_path)
                 self._root_connection().close()
+                # The app and the pool tests come in over TCP: wait for that listener too.
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    pass
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
@@ -205,11 +215,18 @@ class MariaDBServer:
         self._terminate(signal.SIGKILL)
 
     def start_again(self) -> None:
+        """Start the server again after :meth:`kill_server`, on the same port and datadir."""
         self._spawn()
 
     @property
     def running(self) -> bool:
+        """Whether the ``mariadbd`` this object started is alive."""
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The ``mariadbd`` process id while one is started, for tests that check it is gone."""
+        return self._process.pid if self._process is not None else None
 
     def __enter__(self) -> MariaDBServer:
         return self.start()
@@ -254,11 +271,15 @@ class MariaDBServer:
             conn.close()
 
     def admin_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement as root on a fresh autocommit connection (over the unix
+        socket, so it never shows up under the ``app`` user) and return every row."""
         with self._admin() as cursor:
             cursor.execute(sql, args)
             return list(cursor.fetchall())
 
     def processlist(self, user: str = "app") -> list[dict[str, Any]]:
+        """The server's view of ``user``'s connections: id, user, host, db, command, time,
+        state, info (``information_schema.PROCESSLIST``)."""
         rows = self.admin_query(
             "SELECT ID, USER, HOST, DB, COMMAND, TIME, STATE, INFO "
             "FROM information_schema.PROCESSLIST WHERE USER = %s",
@@ -268,9 +289,11 @@ class MariaDBServer:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def connection_count(self, user: str = "app") -> int:
+        """How many connections the server holds for ``user`` (the admin one is root's)."""
         return len(self.processlist(user))
 
     def status(self, name: str) -> int:
+        """One ``SHOW GLOBAL STATUS`` counter as an int (0 when the server has no such name)."""
         rows = self.admin_query("SHOW GLOBAL STATUS LIKE %s", [name])
         return int(rows[0][1]) if rows else 0
 
@@ -294,18 +317,35 @@ class MariaDBServer:
         return {n: int(v) for n, v in zip(names, row, strict=True) if n != "user"}
 
     def kill(self, connection_id: int) -> None:
-        with contextlib.suppress(Exception):  # "Unknown thread id": already gone
+        """``KILL`` one connection; one that is already gone is not an error."""
+        import pymysql
+
+        try:
             self.admin_query(f"KILL {int(connection_id)}")
+        except pymysql.err.MySQLError as exc:
+            if not exc.args or exc.args[0] != _ER_NO_SUCH_THREAD:
+                raise
 
     def kill_user(self, user: str = "app") -> None:
+        """``KILL`` every connection ``user`` holds, as a server-side failure would."""
         for row in self.processlist(user):
             self.kill(row["id"])
 
     def set_global(self, name: str, value: Any) -> None:
+        """``SET GLOBAL name = value`` (the name is not quoted: pass a server variable)."""
         self.admin_query(f"SET GLOBAL {name} = %s", [value])
 
 
 def main() -> None:
+    """``python -m tests.mariadb``: one server for a person to poke at, until Ctrl-C."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # A plain SIGTERM would end Python without running atexit, leaving mariadbd behind;
+    # SIGINT is set explicitly because a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     ensure_installed()
     with MariaDBServer() as server:
         print(f"mysql://{server.user}:{server.password}@{server.host}:{server.port}/{server.database}")
