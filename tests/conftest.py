@@ -35,12 +35,32 @@ ITEMS_TABLE = (
 )
 
 
+# A strict sql_mode, a time zone and a user variable, set by the alias's init_command,
+# plus a non-default isolation level and collation: what a fresh connection has.
+TUNED_OPTIONS = {
+    "init_command": "SET sql_mode = 'TRADITIONAL', time_zone = '+03:00', @from_init = 42",
+    "isolation_level": "repeatable read",
+    "collation": "utf8mb4_bin",
+}
+PG_TUNED_OPTIONS = {"options": "-c statement_timeout=12345 -c application_name=tuned"}
+# A second schema the app user may write to: where `USE app_other` would send writes.
+OTHER_SCHEMA = (
+    "CREATE DATABASE IF NOT EXISTS app_other",
+    "CREATE TABLE IF NOT EXISTS app_other.items "
+    "(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL) ENGINE=InnoDB",
+    "GRANT ALL ON app_other.* TO 'app'@'127.0.0.1'",
+    "CREATE TABLE IF NOT EXISTS app.short_names (name VARCHAR(10) NOT NULL) ENGINE=InnoDB",
+)
+
+
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDBServer]:
     ensure_installed()
     server = MariaDBServer(max_connections=200)
     server.start()
     server.admin_query(ITEMS_TABLE)
+    for statement in OTHER_SCHEMA:
+        server.admin_query(statement)
     try:
         yield server
     finally:
@@ -109,6 +129,9 @@ def django_site(
             "short": mariadb.django_settings(conn_max_age=1),
             "proxied": proxied,
             "pg": postgres.django_settings(conn_max_age=60),
+            # Connect options a session reset must not forget (tests/test_clean.py).
+            "tuned": mariadb.django_settings(conn_max_age=60, options=TUNED_OPTIONS),
+            "pg_tuned": postgres.django_settings(conn_max_age=60, options=PG_TUNED_OPTIONS),
         },
     )
     django.setup()
@@ -123,6 +146,8 @@ def db(django_site: MariaDBServer) -> Iterator[MariaDBServer]:
     django_site.kill_user("app")
     wait_until(lambda: django_site.connection_count("app") == 0, what="app connections gone")
     django_site.admin_query("TRUNCATE TABLE app.items")
+    django_site.admin_query("TRUNCATE TABLE app_other.items")
+    django_site.admin_query("TRUNCATE TABLE app.short_names")
     yield django_site
 
 
@@ -218,6 +243,13 @@ def get(address: str, path: str, *, timeout: float = 20.0, method: str = "GET") 
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         conn.close()
+
+
+def environ_for(path: str) -> dict[str, Any]:
+    """A WSGI environ for a GET of ``path``, as a server would build it."""
+    from webob import Request
+
+    return dict(Request.blank(path).environ)
 
 
 def call(app: Any, path: str, **environ: Any) -> tuple[str, list[tuple[str, str]], bytes]:

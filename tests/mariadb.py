@@ -327,9 +327,12 @@ class MariaDBServer:
                 raise
 
     def kill_user(self, user: str = "app") -> None:
-        """``KILL`` every connection ``user`` holds, as a server-side failure would."""
-        for row in self.processlist(user):
-            self.kill(row["id"])
+        """``KILL`` every connection ``user`` holds, as a server-side failure would.
+
+        One statement on the server (``KILL USER``): no race with a connection that
+        ends between listing it and killing it.
+        """
+        self.admin_query(f"KILL USER '{user}'")
 
     def set_global(self, name: str, value: Any) -> None:
         """``SET GLOBAL name = value`` (the name is not quoted: pass a server variable)."""

@@ -101,7 +101,9 @@ class PostgresServer:
                 process.wait(timeout=10)
         shutil.rmtree(self.basedir, ignore_errors=True)
 
-    def django_settings(self, *, conn_max_age: int | None = 60) -> dict[str, Any]:
+    def django_settings(
+        self, *, conn_max_age: int | None = 60, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": self.database,
@@ -110,6 +112,7 @@ class PostgresServer:
             "HOST": self.host,
             "PORT": str(self.port),
             "CONN_MAX_AGE": conn_max_age,
+            "OPTIONS": dict(options or {}),
         }
 
     def admin_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:

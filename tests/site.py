@@ -94,10 +94,11 @@ def atomic_left_open(request: HttpRequest) -> StreamingHttpResponse:
 
 def raw_begin(request: HttpRequest) -> HttpResponse:
     """Opens a transaction by hand in autocommit mode: Django's flags miss it."""
-    with connection.cursor() as cursor:
+    alias = _alias(request)
+    with connections[alias].cursor() as cursor:
         cursor.execute("BEGIN")
         cursor.execute("INSERT INTO items (name) VALUES ('raw')")
-    return JsonResponse({"id": _one("SELECT CONNECTION_ID()")})
+    return JsonResponse({"id": _one("SELECT CONNECTION_ID()", alias)})
 
 
 def nodb(request: HttpRequest) -> HttpResponse:
@@ -123,6 +124,47 @@ def twice(request: HttpRequest) -> HttpResponse:
     first = _one("SELECT CONNECTION_ID()")
     time.sleep(0.05)  # cooperative once gevent has patched time
     return JsonResponse({"pid": os.getpid(), "first": first, "second": _one("SELECT CONNECTION_ID()")})
+
+
+def run(request: HttpRequest) -> HttpResponse:
+    """Runs each ``sql`` parameter in order (the state-changing SQL of the clean-state
+    tests), and answers with what the last one returned and the connection's id."""
+    alias = _alias(request)
+    results = []
+    with connections[alias].cursor() as cursor:
+        for sql in request.GET.getlist("sql"):
+            cursor.execute(sql)
+            results.append(list(cursor.fetchone()) if cursor.description else None)
+    return JsonResponse({"id": _backend_id(alias), "results": results}, safe=False)
+
+
+def insert(request: HttpRequest) -> HttpResponse:
+    """An ordinary write in an ordinary request: one unqualified INSERT."""
+    alias = _alias(request)
+    with connections[alias].cursor() as cursor:
+        cursor.execute("INSERT INTO items (name) VALUES (%s)", [request.GET.get("name", "row")])
+    return JsonResponse({"id": _backend_id(alias)})
+
+
+def bounded(request: HttpRequest) -> HttpResponse:
+    """Bounds a slow query with gevent's own idiom and answers normally."""
+    import gevent
+
+    alias = _alias(request)
+    finished = False
+    with gevent.Timeout(0.2, False):
+        _one(_SLEEP[connections[alias].vendor], alias, [2])
+        finished = True
+    return JsonResponse({"finished": finished})
+
+
+def spawn(request: HttpRequest) -> HttpResponse:
+    """Spawns greenlets that use the ORM without checkout(), and waits for them."""
+    import gevent
+
+    jobs = [gevent.spawn(_backend_id, "default") for _ in range(int(request.GET.get("n", "3")))]
+    gevent.joinall(jobs, raise_error=True)
+    return JsonResponse({"ids": [job.value for job in jobs]})
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -181,6 +223,10 @@ def b_stream(request: HttpRequest) -> StreamingHttpResponse:
 
 urlpatterns = [
     path("b/id/", b_id),
+    path("run/", run),
+    path("insert/", insert),
+    path("bounded/", bounded),
+    path("spawn/", spawn),
     path("b/sleep/<int:ms>/", b_sleep),
     path("b/stream/", b_stream),
     path("id/", conn_id),

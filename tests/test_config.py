@@ -79,7 +79,7 @@ def test_construction_never_connects(db):
     before = db.connections_total()
     app = PoolingMiddleware(_app)  # every alias
     assert db.connections_opened_since(before) == 0
-    assert set(app.stats()) == {"default", "other", "short", "proxied", "pg"}
+    assert set(app.stats()) == {"default", "other", "short", "proxied", "pg", "tuned", "pg_tuned"}
     assert all(s["opened"] == 0 for s in app.stats().values())
 
 

@@ -91,8 +91,9 @@ def test_session_reset_costs_round_trips_only_with_the_option(make_app, db):
         with app.checkout():
             _run("SELECT 1")
     after = db.user_statistics("app")
-    # Per return: the reset (a protocol command the server's statistics do not count as a
-    # statement) and Django's session set-up replayed: one SET of the isolation level.
+    # Per return: the reset and the database (protocol commands the server's statistics do
+    # not count as statements), then what connect() set up, replayed: SET NAMES, and
+    # Django's session set-up, one SET of the isolation level.
     assert after["select_commands"] - before["select_commands"] == 10
-    assert after["other_commands"] - before["other_commands"] == 10
+    assert after["other_commands"] - before["other_commands"] == 20
     assert app.stats()["default"]["opened"] == 1

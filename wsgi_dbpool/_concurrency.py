@@ -9,10 +9,12 @@ cooperative lock under gevent and a native one under plain threads.
 
 from __future__ import annotations
 
+import _queue
 import _thread
 import os
 import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
@@ -79,3 +81,68 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # Guards the lazy creation of per-process pool state. It protects a few attribute
 # assignments with no I/O, so a native lock cannot stall the gevent hub here.
 state_creation_lock = _thread.allocate_lock()
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+def at_greenlet_exit(callback: Callable[[], None]) -> bool:
+    """Run ``callback`` in a new greenlet once the calling greenlet has ended.
+
+    Only gevent's own greenlets can tell when they end; returns False elsewhere
+    (the main greenlet, a plain thread), and nothing is scheduled.
+    """
+    if not _gevent_patched():
+        return False
+    import gevent
+
+    current = gevent.getcurrent()
+    if not isinstance(current, gevent.Greenlet):
+        return False
+    # Links run in the hub, which must never block: the callback gets its own greenlet.
+    current.rawlink(lambda _ended: gevent.spawn(callback))
+    return True
+
+
+# Calls queued by finalisers, for plain threads; served by one daemon thread.
+_deferred: _queue.SimpleQueue[Callable[[], None]] = _queue.SimpleQueue()
+_deferred_thread: list[int] = []  # the fork generation its thread runs in, if any
+
+
+def prepare_deferred_calls() -> None:
+    """Start what :func:`call_soon` needs, outside any finaliser (once per process)."""
+    if _gevent_patched():
+        import gevent
+
+        gevent.get_hub()  # created now, not inside a garbage collection
+        return
+    if _deferred_thread and _deferred_thread[0] == _fork_generation:
+        return
+    _deferred_thread[:] = [_fork_generation]
+    _thread.start_new_thread(_serve_deferred, ())
+
+
+def _serve_deferred() -> None:
+    while True:
+        callback = _deferred.get()
+        try:
+            callback()
+        except Exception:  # logged by the callback's owner; the server thread goes on
+            pass
+
+
+def call_soon(callback: Callable[[], None]) -> None:
+    """Run ``callback`` soon, elsewhere: safe to call from a finaliser.
+
+    It takes no lock and does no I/O: under gevent it only appends a callback to the
+    hub's loop (which then spawns a greenlet for it), with plain threads it puts it on a
+    reentrant ``SimpleQueue`` served by a daemon thread.
+    """
+    if _gevent_patched():
+        import gevent
+
+        gevent.get_hub().loop.run_callback(gevent.spawn, callback)
+    else:
+        _deferred.put(callback)

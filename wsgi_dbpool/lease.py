@@ -1,4 +1,10 @@
-"""A lease: the pooled connections bound to one unit of work, returned exactly once."""
+"""A lease: the pooled connections bound to one unit of work, returned exactly once.
+
+Binding means putting a pooled wrapper into Django's per-greenlet connection storage
+(what ``connections[alias] = wrapper`` does) and making the greenlet its owner, since
+Django refuses a wrapper used from another thread. :class:`ConnectionSlots` finds that
+storage; :class:`Lease` binds and unbinds.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,23 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .binding import UNBOUND
+from . import _internals
+from .alias_pool import POOL_ATTR
 
 if TYPE_CHECKING:
-    from .binding import AliasPool
+    from .alias_pool import AliasPool
 
 logger = logging.getLogger("wsgi_dbpool")
+
+UNBOUND: Any = object()
+
+# Greenlets (or threads) inside a lease, by ident: how many leases each is inside.
+# A connection a pooled alias opens elsewhere is outside the pool (see AliasPool).
+_leased: dict[int, int] = {}
+
+
+def in_lease(ident: int) -> bool:
+    return ident in _leased
 
 
 def interrupted(exc: BaseException) -> bool:
@@ -20,10 +37,79 @@ def interrupted(exc: BaseException) -> bool:
 
     ``GreenletExit``, ``gevent.Timeout`` and ``KeyboardInterrupt`` can land in the
     middle of a socket read. Ordinary exceptions cannot: an I/O error inside the
-    driver surfaces as a ``DatabaseError``, which Django records in
-    ``errors_occurred`` and the return path checks.
+    driver surfaces as a ``DatabaseError``, and the verdict reads the driver's state.
     """
     return not isinstance(exc, Exception)
+
+
+def _connections() -> Any:
+    from django.db import connections
+
+    return connections
+
+
+class ConnectionSlots:
+    """Finds the object behind ``django.db.connections`` that holds each greenlet's wrappers.
+
+    ``connections[alias] = w`` is ``setattr(connections._connections, alias, w)`` on
+    asgiref's ``Local``, which asks asyncio for a running loop on every access (about
+    1 µs, four times a request). In a WSGI worker no loop runs in the request's
+    thread, so asgiref would use its plain thread-local anyway: we use that same
+    object directly when it is there, and the ``Local`` itself otherwise. Either way
+    ``getattr``/``setattr``/``delattr`` on :attr:`storage` mean exactly what they
+    mean on ``connections``.
+    """
+
+    def __init__(self) -> None:
+        local = _connections()._connections
+        storage = _internals.thread_local_storage(local)
+        if storage is not None:
+            self.storage: Any = _repair_pre_patch_local(local, storage)
+        else:  # pragma: no cover - other asgiref versions: the public path
+            self.storage = local
+
+
+def _repair_pre_patch_local(local: Any, storage: Any) -> Any:
+    """Make Django's connection local greenlet-local if gevent patched after it was made.
+
+    With gunicorn ``--preload``, Django (and ``django.db.connections``) is imported in
+    the master, before the gevent worker patches ``threading``. Its thread-local is
+    then a native one, shared by every greenlet of the worker: binding a connection
+    for one request would bind it for all. When we see that, we give ``connections``
+    a fresh, patched local (nothing useful is lost: the master serves no requests).
+    """
+    import sys
+    import threading
+
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is None or not gevent_monkey.is_module_patched("threading"):
+        return storage
+    # `_thread._local` itself is gevent's by now: compare with the original class.
+    if type(storage) is not gevent_monkey.get_original("_thread", "_local"):
+        return storage
+    fresh = threading.local()
+    _internals.replace_thread_local_storage(local, fresh)
+    logger.info(
+        "django.db.connections was created before gevent patched threading "
+        "(gunicorn --preload): gave it a greenlet-local storage"
+    )
+    return fresh
+
+
+def _bound(storage: Any, alias: str) -> Any:
+    """What ``connections[alias]`` holds for this greenlet, forgetting a stale binding.
+
+    A pooled wrapper bound here but no longer held by this greenlet was released
+    elsewhere (``close()`` from another greenlet, a dropped response): it may be in
+    another request's hands now, so this greenlet must never reach it again.
+    """
+    bound = getattr(storage, alias, UNBOUND)
+    if bound is not UNBOUND:
+        state = bound.__dict__
+        if POOL_ATTR in state and state["_wsgi_dbpool_holder"] != _thread.get_ident():
+            delattr(storage, alias)
+            return UNBOUND
+    return bound
 
 
 class Lease:
@@ -35,10 +121,10 @@ class Lease:
     not checked out again. Whatever was bound before is put back on release.
 
     ``storage`` is the object behind ``django.db.connections`` (see
-    :class:`~wsgi_dbpool.binding.ConnectionSlots`): ``getattr``/``setattr`` on it are
-    exactly ``connections[alias]`` reads and writes. This is the per-request hot path,
-    hence the plain loops and the single identity lookup (``_thread.get_ident`` is
-    read at call time, so it is gevent's once patched: one id per greenlet).
+    :class:`ConnectionSlots`): ``getattr``/``setattr`` on it are exactly
+    ``connections[alias]`` reads and writes. This is the per-request hot path, hence
+    the plain loops and the single identity lookup (``_thread.get_ident`` is read at
+    call time, so it is gevent's once patched: one id per greenlet).
     """
 
     __slots__ = ("_entries", "_ident", "_released", "_storage", "_unpooled")
@@ -54,15 +140,16 @@ class Lease:
         self._storage = storage
         self._released = False
         self._ident = ident = _thread.get_ident()
+        _leased[ident] = _leased.get(ident, 0) + 1
         # Unpooled aliases with no wrapper yet: one the work opens is closed at the
         # end, or it would linger in this greenlet's local (the leak we exist to stop).
         self._unpooled = (
-            [a for a in unpooled if getattr(storage, a, UNBOUND) is UNBOUND] if unpooled else None
+            [a for a in unpooled if _bound(storage, a) is UNBOUND] if unpooled else None
         )
         try:
             for alias_pool in pools:
                 alias = alias_pool.alias
-                previous = getattr(storage, alias, UNBOUND)
+                previous = _bound(storage, alias)
                 if previous is not UNBOUND and previous.__dict__.get("_wsgi_dbpool_holder") == ident:
                     continue  # already leased to this greenlet: reuse, don't nest
                 wrapper = alias_pool.checkout(timeout, ident)
@@ -81,13 +168,19 @@ class Lease:
         if self._released:
             return
         self._released = True
+        ident = self._ident
+        depth = _leased.pop(ident, 1) - 1
+        if depth:
+            _leased[ident] = depth
         storage = self._storage
         error: BaseException | None = None
         for alias_pool, wrapper, previous in reversed(self._entries):
             try:
                 alias = alias_pool.alias
                 # Only undo our own binding: close() may come from another greenlet
-                # (a server that closes elsewhere, or the garbage collector).
+                # (a server that closes elsewhere, or a dropped response). Then the
+                # binding left in the holder's greenlet is forgotten the next time it
+                # enters a lease, and Django refuses it until then (nobody owns it).
                 if getattr(storage, alias, UNBOUND) is wrapper:
                     if previous is UNBOUND:
                         delattr(storage, alias)
@@ -99,7 +192,7 @@ class Lease:
                 except BaseException as exc:  # keep returning the other aliases first
                     error = error or exc
         self._entries.clear()
-        if self._unpooled and self._ident == _thread.get_ident():
+        if self._unpooled and ident == _thread.get_ident():
             try:
                 _close_unpooled(storage, self._unpooled)
             except BaseException as exc:

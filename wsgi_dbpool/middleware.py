@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import numbers
@@ -10,11 +9,11 @@ from collections.abc import Callable, Iterable, Iterator
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
-from . import _concurrency, binding
-from .binding import AliasPool
+from . import _concurrency, alias_pool
+from .alias_pool import AliasPool
 from .errors import PoolTimeout
 from .holds import HoldWatch
-from .lease import Lease, interrupted
+from .lease import ConnectionSlots, Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
 from .session import RESET_MODES
 
@@ -136,15 +135,13 @@ class PoolingMiddleware:
             )
             for alias in self.aliases
         ]
-        # Releases queued by finalisers of responses nobody closed; see ClosingIterable.
-        self._abandoned: collections.deque[Callable[[bool], None]] = collections.deque()
         self._storage: Any = None
         self._storage_generation = -1
 
         from django.db.backends.signals import connection_created
 
         connection_created.connect(
-            binding.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
+            alias_pool.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
         )
         logger.info(
             "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s reset=%s",
@@ -157,8 +154,6 @@ class PoolingMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        if self._abandoned:
-            self._release_abandoned()
         environ[ENVIRON_KEY] = self
         if self.skip is not None and self.skip(environ):
             return self._serve_skipped(environ, start_response)
@@ -185,7 +180,7 @@ class PoolingMiddleware:
                 and hook_file_wrapper(result, release)
             ):
                 return result
-            return ClosingIterable(result, release, self._abandoned)
+            return ClosingIterable(result, release)
         return self._unavailable(timed_out, environ, start_response)
 
     def _serve_skipped(
@@ -199,7 +194,7 @@ class PoolingMiddleware:
         except BaseException:
             lease.release()
             raise
-        return ClosingIterable(result, lease.release, self._abandoned)
+        return ClosingIterable(result, lease.release)
 
     def _unavailable(
         self, exc: PoolTimeout, environ: WSGIEnvironment, start_response: StartResponse
@@ -230,8 +225,6 @@ class PoolingMiddleware:
         """
         wait = self.timeout if timeout is ... else timeout
         _check_seconds("timeout", wait)
-        if self._abandoned:
-            self._release_abandoned()
         lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled)
         try:
             yield
@@ -252,41 +245,23 @@ class PoolingMiddleware:
         ``closed`` (server connections), ``stale`` (found dead on checkout),
         ``dirty`` (returned inside a transaction).
         """
-        if self._abandoned:
-            self._release_abandoned()
         return {p.alias: p.stats() for p in self._pools}
 
     def close(self) -> None:
         """Close every idle pooled connection (worker shutdown); the pool stays usable."""
-        if self._abandoned:
-            self._release_abandoned()
-        for alias_pool in self._pools:
-            closed = alias_pool.close_idle()
-            logger.info("closed %d idle connection(s) of %r", closed, alias_pool.alias)
+        for pool in self._pools:
+            closed = pool.close_idle()
+            logger.info("closed %d idle connection(s) of %r", closed, pool.alias)
 
     # -- internals ----------------------------------------------------------------
 
     def _connection_storage(self) -> Any:
         # Found in the process (and after the monkey-patching) that serves requests.
         if self._storage_generation != _concurrency.fork_generation():
-            self._storage = binding.ConnectionSlots().storage
+            self._storage = ConnectionSlots().storage
+            _concurrency.prepare_deferred_calls()
             self._storage_generation = _concurrency.fork_generation()
         return self._storage
-
-    def _release_abandoned(self) -> None:
-        while self._abandoned:
-            try:
-                release = self._abandoned.popleft()
-            except IndexError:
-                return
-            logger.warning(
-                "a response was dropped without close() (a server that breaks PEP 3333?): "
-                "returned its connections when it was garbage-collected"
-            )
-            try:
-                release(False)
-            except Exception:
-                logger.exception("returning the connections of a dropped response failed")
 
 
 def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callable[[bool], None]:
@@ -362,5 +337,5 @@ def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], li
     pooled = tuple(sorted(set(chosen)))
     for alias in pooled:
         _check_engine(alias, databases[alias])
-        binding.warn_if_conn_max_age_zero(alias, databases[alias])
+        alias_pool.warn_if_conn_max_age_zero(alias, databases[alias])
     return pooled, [a for a in databases if a not in pooled]

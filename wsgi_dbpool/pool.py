@@ -5,7 +5,7 @@ one. ``max_outstanding`` caps the slots; ``size`` caps the idle objects kept bet
 uses. Callers beyond the cap wait in arrival order, and a returned object is handed
 straight to the oldest waiter (never closed while someone is about to open a new
 one). What "reusable" means (clean, stale, dirty) is the caller's policy: see
-:mod:`wsgi_dbpool.binding`.
+:mod:`wsgi_dbpool.verdict`.
 
 Every critical section below is a handful of attribute and deque operations with no
 I/O and no call into user code, so it never yields to another greenlet; creating,
@@ -198,6 +198,15 @@ class Pool(Generic[T]):
         except BaseException:
             self._give_back_slot(state)
             raise
+        with state.lock:
+            state.created += 1
+        return obj
+
+    def create_replacement(self) -> T:
+        """A new object standing in for a checked-out one that can never be reused;
+        it takes over that object's slot (and is counted as created)."""
+        obj = self._create()
+        state = self._current()
         with state.lock:
             state.created += 1
         return obj

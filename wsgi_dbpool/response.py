@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from . import _concurrency
 from .lease import interrupted
-
-if TYPE_CHECKING:
-    import collections
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -20,21 +18,17 @@ class ClosingIterable:
     PEP 3333 servers call ``close()`` after the last chunk, after an error while
     iterating, and when the client goes away, so a streaming response keeps its
     connections until its generator is done. If a broken server never calls
-    ``close()``, the finaliser queues the release for the middleware to finish
-    outside the garbage collector (which may run while a pool lock is held).
+    ``close()``, the finaliser schedules the release elsewhere (see
+    :func:`~wsgi_dbpool._concurrency.call_soon`): never inside the garbage collector,
+    which may run while a pool lock is held, and at once, so that a request waiting
+    for the connection is not kept waiting until the next call into the middleware.
     """
 
-    __slots__ = ("_abandoned", "_broken", "_closed", "_iterable", "_release")
+    __slots__ = ("_broken", "_closed", "_iterable", "_release")
 
-    def __init__(
-        self,
-        iterable: Iterable[bytes],
-        release: Callable[[bool], None],
-        abandoned: collections.deque[Callable[[bool], None]],
-    ) -> None:
+    def __init__(self, iterable: Iterable[bytes], release: Callable[[bool], None]) -> None:
         self._iterable = iterable
         self._release = release
-        self._abandoned = abandoned
         self._closed = False
         self._broken = False
 
@@ -58,13 +52,37 @@ class ClosingIterable:
             close = getattr(self._iterable, "close", None)
             if close is not None:
                 close()
+        except BaseException as exc:
+            # The inner close() may run queries (a generator's finally, Django's
+            # request_finished): interrupted there, the connection is in doubt.
+            self._broken = self._broken or interrupted(exc)
+            raise
         finally:
             self._release(self._broken)  # an error from the inner close() still propagates
 
     def __del__(self) -> None:
         if not self._closed:
             self._closed = True
-            self._abandoned.append(self._release)
+            _concurrency.call_soon(_ReleaseDropped(self._release))
+
+
+class _ReleaseDropped:
+    """Returns the connections of a response nobody closed, away from the finaliser."""
+
+    __slots__ = ("release",)
+
+    def __init__(self, release: Callable[[bool], None]) -> None:
+        self.release = release
+
+    def __call__(self) -> None:
+        logger.warning(
+            "a response was dropped without close() (a server that breaks PEP 3333?): "
+            "returned its connections when it was garbage-collected"
+        )
+        try:
+            self.release(False)
+        except Exception:
+            logger.exception("returning the connections of a dropped response failed")
 
 
 def hook_file_wrapper(result: Any, release: Callable[[bool], None]) -> bool:
@@ -76,17 +94,22 @@ def hook_file_wrapper(result: Any, release: Callable[[bool], None]) -> bool:
     handler relies on that too); returns False when this one does not.
     """
     inner_close = getattr(result, "close", None)
-    state = {"closed": False}
+    closed = False
 
     def close() -> None:
-        if state["closed"]:
+        nonlocal closed
+        if closed:
             return
-        state["closed"] = True
+        closed = True
+        broken = False
         try:
             if inner_close is not None:
                 inner_close()
+        except BaseException as exc:
+            broken = interrupted(exc)
+            raise
         finally:
-            release(False)
+            release(broken)
 
     try:
         result.close = close

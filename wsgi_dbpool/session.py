@@ -1,22 +1,20 @@
-"""``reset="session"``: wipe what a request left in the server session before reuse.
+"""``reset="session"``: give the next holder a session like a freshly opened one.
 
-The default return path (see :mod:`wsgi_dbpool.binding`) costs no round trip and
+The default return path (see :mod:`wsgi_dbpool.verdict`) costs no round trip and
 clears transactions, but server session state set by hand outlives the request:
 user variables, temporary tables, named locks (``GET_LOCK``), ``LOCK TABLES``,
-``SET SESSION`` variables. With ``reset="session"`` every return asks the server to
-reset the session (MySQL/MariaDB ``COM_RESET_CONNECTION``, PostgreSQL ``DISCARD ALL``)
-and replays Django's own session set-up; a backend with neither gets a fresh
-connection instead.
+``SET SESSION`` variables, ``USE``. With ``reset="session"`` every return asks the
+server to reset the session (MySQL/MariaDB ``COM_RESET_CONNECTION``, PostgreSQL
+``DISCARD ALL``), then replays what opening the connection set up: the driver's
+connect options (database, character set, ``sql_mode``, ``init_command``) and
+Django's own session set-up. A backend with neither gets a fresh connection instead.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-logger = logging.getLogger("wsgi_dbpool")
-
-COM_RESET_CONNECTION = 0x1F  # MySQL >= 5.7, MariaDB >= 10.2
+from . import _internals
 
 RESET_MODES = ("transaction", "session")
 
@@ -24,15 +22,11 @@ RESET_MODES = ("transaction", "session")
 def reset_session(wrapper: Any) -> bool:
     """Reset the server session of ``wrapper``'s open connection; False if unsupported.
 
-    Django's own per-connection set-up (isolation level, ``SQL_AUTO_IS_NULL``, time
-    zone, autocommit) is replayed afterwards, as a new connection would have it.
+    The wrapper must be out of any transaction (the verdict rolls back first).
     """
     raw = wrapper.connection
-    if wrapper.vendor == "mysql" and hasattr(raw, "_execute_command"):  # PyMySQL
-        # PyMySQL has no public call for this command; these are the two steps its
-        # own commands (ping, autocommit) take: send the command, read the OK packet.
-        raw._execute_command(COM_RESET_CONNECTION, b"")
-        raw._read_ok_packet()
+    if wrapper.vendor == "mysql" and _internals.is_pymysql(raw):
+        _internals.pymysql_reset_session(raw)
     elif wrapper.vendor == "postgresql":
         with raw.cursor() as cursor:
             cursor.execute("DISCARD ALL")
@@ -40,5 +34,5 @@ def reset_session(wrapper: Any) -> bool:
         return False
     wrapper.init_connection_state()
     # The server's autocommit is its default again: put back what Django believes.
-    wrapper._set_autocommit(wrapper.autocommit)
+    _internals.set_driver_autocommit(wrapper, wrapper.autocommit)
     return True

@@ -1,0 +1,217 @@
+"""Every private detail of Django, asgiref and the drivers that this library relies on.
+
+Public seams are preferred everywhere (``connections.create_connection``, the
+``connection_created`` signal, the wrapper's own ``close``/``rollback``/
+``set_autocommit``/``init_connection_state``); what no public seam offers is read or
+written here, and only here, so that an upgrade is one read of this header.
+Tested with Django 4.2 and 5.2 (LTS), asgiref 3.8+, PyMySQL 1.1 and 1.2, psycopg 3.1+,
+Python's sqlite3, on Python 3.11.
+
+========================================  ==============================================
+private detail                            why
+========================================  ==============================================
+``BaseDatabaseWrapper._thread_ident``     Django refuses a wrapper used from a thread
+                                          (greenlet) other than its owner; ownership
+                                          moves with the checkout (:func:`set_owner`),
+                                          and a returned wrapper is owned by nobody, so
+                                          a greenlet that kept a stale binding fails
+                                          loudly instead of sharing a socket.
+``ConnectionHandler._connections``        the greenlet-local behind ``connections``;
+``asgiref.local.Local._storage``          asgiref's plain thread-local inside it, used
+(``_ThreadCriticalLocal``)                directly when no event loop runs (what asgiref
+                                          itself does then): 1 µs a request saved, and
+                                          the object the ``--preload`` repair replaces.
+``BaseDatabaseWrapper._set_autocommit``   replays the server's autocommit after a
+                                          session reset without Django's bookkeeping.
+PyMySQL ``Connection.server_status``      in memory after every reply: bit 0x1 "in
+                                          transaction", bit 0x2 "autocommit" (the MySQL
+                                          protocol's ``SERVER_STATUS_*``).
+PyMySQL ``Connection._result``            an unbuffered result still on the wire
+``.unbuffered_active``                    (``SSCursor``): the next command would first
+                                          drain it, or fail; cleared when we close the
+                                          connection, so the cursor does not read on.
+PyMySQL ``Connection._execute_command``,  ``COM_RESET_CONNECTION``, which PyMySQL has no
+``_read_ok_packet``                       public call for.
+PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed after a
+``collation``, ``sql_mode``,              session reset so that the connection is like
+``init_command``                          a fresh one.
+========================================  ==============================================
+
+Public driver state read here too: PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
+``autocommit``, ``info.transaction_status``; psycopg2 ``closed``, ``autocommit``,
+``get_transaction_status()``; sqlite3 ``in_transaction``, ``isolation_level``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("wsgi_dbpool")
+
+# The owner of a wrapper that sits in the pool: no greenlet's ident is 0.
+NOBODY = 0
+
+
+def set_owner(wrapper: Any, ident: int) -> None:
+    """Make greenlet (or thread) ``ident`` the only one Django lets use ``wrapper``."""
+    wrapper._thread_ident = ident
+
+
+def thread_local_storage(local: Any) -> Any:
+    """asgiref's plain thread-local inside ``connections._connections``, or None."""
+    if type(local).__name__ != "_ThreadCriticalLocal":
+        return None
+    return getattr(local, "_storage", None)
+
+
+def replace_thread_local_storage(local: Any, storage: Any) -> None:
+    object.__setattr__(local, "_storage", storage)
+
+
+def set_driver_autocommit(wrapper: Any, autocommit: bool) -> None:
+    wrapper._set_autocommit(autocommit)
+
+
+# -- the driver's real state, read from memory -----------------------------------------
+#
+# A probe answers "what is wrong with this raw connection?" from what the driver holds
+# in memory, with no round trip: None for nothing, else one of these reasons. The
+# first three mean the connection cannot be handed on at all; the last two mean it is
+# usable once rolled back and its autocommit restored.
+
+CLOSED = "its connection was closed under it (an interrupted or lost query)"
+MID_RESULT = "a result was still being read from the wire"
+MID_COMMAND = "a command was still in progress"
+IN_TRANSACTION = "it was left in a transaction"
+AUTOCOMMIT_CHANGED = "its autocommit was changed behind Django's back"
+
+UNUSABLE = frozenset((CLOSED, MID_RESULT, MID_COMMAND))
+
+Probe = Callable[[Any, bool], "str | None"]
+
+
+def _pymysql(raw: Any, autocommit: bool) -> str | None:
+    if not raw.open:
+        return CLOSED
+    result = raw._result
+    if result is not None and result.unbuffered_active:
+        return MID_RESULT
+    status = raw.server_status
+    if status & 1:  # SERVER_STATUS_IN_TRANS
+        return IN_TRANSACTION
+    if bool(status & 2) is not autocommit:  # SERVER_STATUS_AUTOCOMMIT
+        return AUTOCOMMIT_CHANGED
+    return None
+
+
+def _libpq(closed: bool, status: int, driver_autocommit: bool, autocommit: bool) -> str | None:
+    # libpq's transaction status: IDLE 0, ACTIVE 1, INTRANS 2, INERROR 3, UNKNOWN 4.
+    if closed or status == 4:
+        return CLOSED
+    if status == 1:
+        return MID_COMMAND
+    if status:
+        return IN_TRANSACTION
+    if driver_autocommit is not autocommit:
+        return AUTOCOMMIT_CHANGED
+    return None
+
+
+def _psycopg3(raw: Any, autocommit: bool) -> str | None:
+    return _libpq(
+        raw.closed or raw.broken, int(raw.info.transaction_status), bool(raw.autocommit), autocommit
+    )
+
+
+def _psycopg2(raw: Any, autocommit: bool) -> str | None:
+    closed = bool(raw.closed)
+    status = 4 if closed else int(raw.get_transaction_status())
+    return _libpq(closed, status, bool(raw.autocommit), autocommit)
+
+
+def _sqlite3(raw: Any, autocommit: bool) -> str | None:
+    if raw.in_transaction:
+        return IN_TRANSACTION
+    if (raw.isolation_level is None) is not autocommit:  # Django's autocommit switch
+        return AUTOCOMMIT_CHANGED
+    return None
+
+
+def _unknown(raw: Any, autocommit: bool) -> str | None:
+    return None  # Django's own flags are all we go by
+
+
+def _probe_for(raw: Any) -> Probe:
+    if isinstance(getattr(raw, "server_status", None), int) and hasattr(raw, "open"):
+        return _pymysql
+    info = getattr(raw, "info", None)
+    if info is not None and hasattr(info, "transaction_status") and hasattr(raw, "broken"):
+        return _psycopg3
+    if callable(getattr(raw, "get_transaction_status", None)):
+        return _psycopg2
+    if isinstance(getattr(raw, "in_transaction", None), bool):
+        return _sqlite3
+    return _unknown
+
+
+_PROBES: dict[type, Probe] = {}
+
+
+def driver_trouble(raw: Any, autocommit: bool) -> str | None:
+    """What is wrong with ``raw`` for a holder expecting ``autocommit``; None: nothing."""
+    probe = _PROBES.get(type(raw))
+    if probe is None:
+        probe = _PROBES[type(raw)] = _probe_for(raw)
+    return probe(raw, autocommit)
+
+
+def abandon_unread_result(raw: Any) -> None:
+    """Let PyMySQL forget a result left on the wire, so that the cursor holding it does
+    not try to read the rest from a closed connection when it is collected."""
+    result = getattr(raw, "_result", None)
+    if result is not None and getattr(result, "unbuffered_active", False):
+        result.unbuffered_active = False
+
+
+def force_close(raw: Any) -> None:
+    """Drop the raw connection without a goodbye on the wire (it may be mid-protocol)."""
+    close = getattr(raw, "_force_close", None)  # PyMySQL: close the socket, send nothing
+    try:
+        if close is not None:
+            close()
+        else:
+            raw.close()
+    except Exception as exc:  # already broken: the socket is gone either way
+        logger.debug("closing a broken connection failed: %r", exc)
+
+
+# -- MySQL / MariaDB session reset (PyMySQL) ---------------------------------------------
+
+COM_RESET_CONNECTION = 0x1F  # MySQL >= 5.7, MariaDB >= 10.2
+
+
+def pymysql_reset_session(raw: Any) -> None:
+    """``COM_RESET_CONNECTION``, then what PyMySQL's ``connect()`` set up, replayed.
+
+    The reset gives the session the server's global defaults, which are not what the
+    connection was opened with: the character set and collation asked for, the
+    ``sql_mode`` and ``init_command`` options; and MariaDB keeps the current database
+    across the reset, so a ``USE`` would survive it.
+    """
+    raw._execute_command(COM_RESET_CONNECTION, b"")
+    raw._read_ok_packet()
+    if raw.db:
+        raw.select_db(raw.db)
+    raw.set_character_set(raw.charset, raw.collation)
+    if raw.sql_mode is not None:
+        with raw.cursor() as cursor:
+            cursor.execute("SET sql_mode=%s", (raw.sql_mode,))
+    if raw.init_command is not None:
+        with raw.cursor() as cursor:
+            cursor.execute(raw.init_command)
+
+
+def is_pymysql(raw: Any) -> bool:
+    return hasattr(raw, "_execute_command") and hasattr(raw, "_read_ok_packet")

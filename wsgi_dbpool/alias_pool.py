@@ -1,0 +1,337 @@
+"""The pool of Django ``DatabaseWrapper`` objects for one alias, and how a return is carried out.
+
+The pool holds Django's own wrappers, made by Django's own factory
+(``connections.create_connection``), so every backend, setting and signal keeps
+working. What happens on return is decided by :func:`wsgi_dbpool.verdict.judge`; this
+module carries it out, counts it and logs it, and makes sure that whatever happens
+(an error, an interrupt inside the rollback) the slot goes back exactly once and no
+connection in doubt is handed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+import weakref
+from typing import Any
+
+from . import _concurrency
+from ._internals import NOBODY, UNUSABLE, abandon_unread_result, force_close, set_owner
+from .pool import Pool
+from .session import reset_session
+from .verdict import CHECK, CLOSE, INTERRUPTED, KEEP, REPLACE, RESET, ROLL_BACK, judge, judge_settled
+
+# Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it.
+Wrapper = Any
+
+logger = logging.getLogger("wsgi_dbpool")
+
+# Attributes this library sets on the wrappers it creates (and ``_wsgi_dbpool_holder``,
+# the ident of the greenlet holding it, or None).
+POOL_ATTR = "_wsgi_dbpool_pool"  # the AliasPool that owns the wrapper
+_OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
+
+# The pool serving each alias in this process, for connections opened outside it.
+_serving: dict[str, weakref.ref[AliasPool]] = {}
+
+
+def _connections() -> Any:
+    from django.db import connections
+
+    return connections
+
+
+class AliasPool:
+    """A :class:`~wsgi_dbpool.pool.Pool` of Django wrappers for one alias, plus the policy.
+
+    Stale connections are noticed on checkout (only when idle longer than
+    ``ping_after``); on return the verdict decides, from the connection's real state,
+    whether to keep, roll back, reset, close or replace it.
+    """
+
+    def __init__(
+        self,
+        alias: str,
+        *,
+        size: int,
+        max_outstanding: int | None,
+        ping_after: float | None,
+        linger: float = 0.0,
+        reset: str = "transaction",
+    ) -> None:
+        self.alias = alias
+        self.ping_after = ping_after
+        self.reset_session = reset == "session"
+        self.pool: Pool[Wrapper] = Pool(
+            alias,
+            create=self._create,
+            dispose=self._dispose,
+            size=size,
+            max_outstanding=max_outstanding,
+            linger=linger,
+        )
+        self._warned: set[str] = set()
+        _serving[alias] = weakref.ref(self)
+
+    # -- wrapper lifecycle --------------------------------------------------------
+
+    def _create(self) -> Wrapper:
+        # Django's own factory: no I/O, the wrapper connects on first use.
+        wrapper = _connections().create_connection(self.alias)
+        setattr(wrapper, POOL_ATTR, self)
+        wrapper._wsgi_dbpool_holder = None
+        setattr(wrapper, _OPEN_ATTR, False)
+        return wrapper
+
+    def _dispose(self, wrapper: Wrapper) -> None:
+        set_owner(wrapper, _concurrency.get_ident())
+        self._close(wrapper, "surplus over size")
+
+    def _close(self, wrapper: Wrapper, reason: str) -> None:
+        """Close the server connection (politely); the wrapper stays usable: it reconnects."""
+        if wrapper.connection is not None:
+            logger.debug("closing a connection of %r: %s", self.alias, reason)
+            try:
+                wrapper.close()
+            except Exception as exc:  # already broken: the socket is gone either way
+                logger.debug("closing a connection of %r failed: %r", self.alias, exc)
+                wrapper.connection = None
+        self.note_closed(wrapper)
+
+    def note_opened(self, wrapper: Wrapper) -> None:
+        if getattr(wrapper, _OPEN_ATTR, False):
+            # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
+            self.pool.count("closed")
+        setattr(wrapper, _OPEN_ATTR, True)
+        self.pool.count("opened")
+
+    def note_closed(self, wrapper: Wrapper) -> None:
+        closed = wrapper.connection is None or wrapper.closed_in_transaction
+        if closed and getattr(wrapper, _OPEN_ATTR, False):
+            setattr(wrapper, _OPEN_ATTR, False)
+            self.pool.count("closed")
+
+    # -- checkout -----------------------------------------------------------------
+
+    def checkout(self, timeout: float | None, ident: int) -> Any:
+        """A wrapper owned by greenlet ``ident``, checked if it sat idle a while."""
+        wrapper: Any
+        wrapper, idle_since = self.pool.acquire(timeout)
+        # Ownership moves to the caller; Django checks it on every use.
+        set_owner(wrapper, ident)
+        wrapper._wsgi_dbpool_holder = ident
+        if (
+            idle_since is not None
+            and self.ping_after is not None
+            and wrapper.connection is not None
+            and time.monotonic() - idle_since >= self.ping_after
+        ):
+            self._check_alive(wrapper)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
+        return wrapper
+
+    def _check_alive(self, wrapper: Wrapper) -> None:
+        # One round trip (a ping), paid only after ping_after seconds idle. On failure
+        # the wrapper is closed and the request gets it anyway: it reconnects lazily.
+        try:
+            alive = wrapper.is_usable()
+        except BaseException:  # killed mid-ping: the socket may be mid-protocol
+            try:
+                self._discard(wrapper, "interrupted during the health check")
+            finally:
+                set_owner(wrapper, NOBODY)
+                self.pool.release(wrapper, reusable=True)
+            raise
+        if not alive:
+            self.pool.count("stale")
+            logger.warning(
+                "discarded a stale connection of %r (closed by the server while idle)",
+                self.alias,
+            )
+            self._close(wrapper, "stale")
+
+    # -- return -------------------------------------------------------------------
+
+    def checkin(self, wrapper: Any, broken: bool = False) -> None:
+        """Make the wrapper safe for the next holder, then give it back, exactly once.
+
+        ``broken``: the holder was interrupted (see :func:`wsgi_dbpool.lease.interrupted`).
+        A wrapper whose server connection was closed on the way still goes back: it
+        is clean and reconnects on first use. Any exception while making it safe
+        (an interrupt inside the rollback, say) closes the connection; an interrupt
+        is then re-raised, for the caller it was meant for.
+        """
+        wrapper._wsgi_dbpool_holder = None
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
+        if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on
+            wrapper.queries_log.clear()
+        action, reason = judge(wrapper, broken, self.reset_session)
+        if action is KEEP:  # the clean path, decided from memory alone
+            wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
+            set_owner(wrapper, NOBODY)
+            self.pool.release(wrapper, reusable=True)
+            return
+        giving = wrapper
+        try:
+            set_owner(wrapper, _concurrency.get_ident())  # whoever returns it acts on it
+            giving = self._carry_out(wrapper, action, reason)
+        except BaseException as exc:
+            giving = self._discard(wrapper, f"{action} failed ({exc!r})")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            set_owner(giving, NOBODY)
+            self.pool.release(giving, reusable=True)
+
+    def _carry_out(self, wrapper: Wrapper, action: str, reason: str) -> Wrapper:
+        """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""
+        if action is REPLACE:
+            self._count_discard("dirty", reason)
+            self._close(wrapper, reason)
+            return self.pool.create_replacement()
+        if action is CLOSE:
+            if reason is INTERRUPTED or reason in UNUSABLE:
+                self._count_discard("broken", reason)
+                abandon_unread_result(wrapper.connection)
+            self._close(wrapper, reason)
+            return wrapper
+        if action is ROLL_BACK:
+            self.pool.count("dirty")
+            wrapper.rollback()
+            wrapper.set_autocommit(wrapper.settings_dict["AUTOCOMMIT"])
+            logger.warning("rolled back a transaction on a connection of %r: %s", self.alias, reason)
+        elif action is CHECK:
+            # Django's own rule: after a database error, keep it only if it answers.
+            wrapper.close_if_unusable_or_obsolete()
+            self.note_closed(wrapper)
+        if wrapper.connection is None:
+            return wrapper
+        action, reason = (
+            (action, reason) if action is RESET else judge_settled(wrapper, self.reset_session)
+        )
+        if action is CLOSE:
+            self._close(wrapper, reason)
+        elif action is RESET:
+            self._reset_session(wrapper)
+        wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
+        return wrapper
+
+    def _reset_session(self, wrapper: Wrapper) -> None:
+        if not reset_session(wrapper):  # no reset on this backend: a fresh connection is
+            self._warn_once(                 # the clean one
+                "no-reset",
+                "reset='session' on %r: the %s backend has no session reset; every "
+                "return closes the connection instead (a reconnect per request)",
+                self.alias, wrapper.vendor,
+            )
+            self._close(wrapper, "no session reset on this backend")
+
+    def _discard(self, wrapper: Wrapper, reason: str) -> Wrapper:
+        """Drop the server connection with no I/O we could be interrupted in again.
+
+        Returns the wrapper to give back: a new one if Django would refuse to use this
+        one again (closed inside ``atomic()``).
+        """
+        self._count_discard("broken", reason)
+        raw = wrapper.connection
+        if raw is not None:
+            force_close(raw)
+            wrapper.connection = None
+        self.note_closed(wrapper)
+        if wrapper.in_atomic_block or wrapper.closed_in_transaction:
+            return self.pool.create_replacement()
+        return wrapper
+
+    def _count_discard(self, event: str, reason: str) -> None:
+        self.pool.count(event)
+        logger.warning("discarded a connection of %r: %s", self.alias, reason)
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    # -- connections opened outside the pool --------------------------------------------
+
+    def note_overflow(self, wrapper: Wrapper) -> None:
+        """A greenlet with no checkout opened its own connection for this alias.
+
+        It is outside the pool and its cap. It is closed when its greenlet ends (not
+        left to the garbage collector, which the server counts as an aborted client).
+        """
+        self.pool.count("overflow")
+        self._warn_once(
+            "overflow",
+            "a greenlet outside any request opened its own connection to %r, outside the "
+            "pool and its cap (a greenlet spawned by a view?); wrap its database work in "
+            "`with application.checkout():` to use the pool. It is closed when the "
+            "greenlet ends. Counted in stats()['overflow'].",
+            self.alias,
+        )
+        _concurrency.at_greenlet_exit(lambda: _close_overflow(wrapper))
+
+    # -- maintenance --------------------------------------------------------------
+
+    def close_idle(self) -> int:
+        return self.pool.drain_idle()
+
+    def stats(self) -> dict[str, int | float | None]:
+        return {
+            "opened": 0, "closed": 0, "stale": 0, "dirty": 0, "broken": 0, "overflow": 0,
+            **self.pool.stats(),
+        }
+
+
+def _close_overflow(wrapper: Wrapper) -> None:
+    set_owner(wrapper, _concurrency.get_ident())
+    try:
+        wrapper.close()
+    except Exception as exc:
+        logger.debug("closing a spawned greenlet's connection failed: %r", exc)
+
+
+def connection_label(wrapper: Wrapper) -> str:
+    """The server's id for the wrapper's connection, from what the driver already knows."""
+    raw = wrapper.connection
+    if raw is None:
+        return "(not connected)"
+    thread_id = getattr(raw, "thread_id", None)  # PyMySQL / mysqlclient: CONNECTION_ID()
+    if callable(thread_id):
+        return str(thread_id())
+    pid = getattr(getattr(raw, "info", None), "backend_pid", None)  # psycopg 3
+    if pid is not None:
+        return str(pid)
+    return hex(id(raw))
+
+
+def warn_if_conn_max_age_zero(alias: str, settings: dict[str, Any]) -> None:
+    """A pooled alias with ``CONN_MAX_AGE = 0`` reconnects on every request anyway."""
+    if settings.get("CONN_MAX_AGE", 0) == 0:
+        message = (
+            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is 0: Django closes the connection "
+            f"at the end of every request, so the pool cannot reuse it. Set "
+            f"CONN_MAX_AGE to a number of seconds below the server's wait_timeout "
+            f"(e.g. 60), or None for no limit."
+        )
+        logger.warning("%s", message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def on_connection_created(sender: object, connection: Any, **kwargs: object) -> None:
+    """``connection_created`` receiver: counts what pooled wrappers open, and notices a
+    connection a pooled alias opens outside the pool and outside any lease."""
+    owner = connection.__dict__.get(POOL_ATTR)
+    if owner is not None:
+        owner.note_opened(connection)
+        return
+    ref = _serving.get(connection.alias)
+    alias_pool = ref() if ref is not None else None
+    if alias_pool is None:
+        return
+    from .lease import in_lease
+
+    if not in_lease(_concurrency.get_ident()):  # a lease closes its own at its end
+        alias_pool.note_overflow(connection)

@@ -1,0 +1,79 @@
+"""The return-path verdict: what must happen to a returned wrapper before anyone else gets it.
+
+One function, :func:`judge`, reads the connection's *real* state in one fixed order and
+answers with one action and its reason. It trusts what the driver holds (the socket
+open or not, a transaction open, the server's autocommit, a result still on the wire)
+over Django's bookkeeping, which misses SQL sent behind its back (``SET autocommit =
+0``, ``BEGIN``) and interrupts that land inside the driver (``gevent.Timeout``). All of
+it is read from memory: the clean path costs no round trip.
+
+The order, and why:
+
+1. ``replace`` inside ``atomic()``: Django forbids a rollback there, and a wrapper closed
+   inside ``atomic()`` stays marked closed-in-transaction: only a new wrapper is clean.
+2. ``keep`` when not connected: it connects on first use, fresh.
+3. ``close`` when the work was interrupted mid-way (the caller says so), or the driver
+   says the connection is closed, mid-command, or mid-result: it cannot be handed on.
+4. ``roll back`` when a transaction is open, or autocommit is not what the alias is
+   configured for (in Django's flags or on the server).
+5. ``check`` after a database error: Django's own rule, keep it only if it answers.
+6. ``close`` when older than its lifetime (``CONN_MAX_AGE``).
+7. ``reset`` with ``reset="session"``: wipe the server session.
+8. ``keep``: clean.
+
+After ``roll back`` or ``check``, a wrapper still connected is judged again from step 6
+on (a session reset still applies).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._internals import UNUSABLE, driver_trouble
+
+KEEP = "keep"
+ROLL_BACK = "roll back"
+CHECK = "check"
+RESET = "reset"
+CLOSE = "close"
+REPLACE = "replace"
+
+CLEAN = "clean"
+NOT_CONNECTED = "not connected"
+INTERRUPTED = "the work was interrupted mid-way"
+IN_ATOMIC = "it was returned inside an atomic block"
+AUTOCOMMIT_LEFT_OFF = "its autocommit was left off"
+ERRORS_OCCURRED = "a database error occurred"
+TOO_OLD = "it is older than CONN_MAX_AGE"
+SESSION = "reset='session'"
+
+
+def judge(wrapper: Any, broken: bool, reset_session: bool) -> tuple[str, str]:
+    """The action the returned ``wrapper`` needs, and why (steps 1-8 above)."""
+    if wrapper.in_atomic_block:
+        return REPLACE, IN_ATOMIC
+    raw = wrapper.connection
+    if raw is None:
+        return KEEP, NOT_CONNECTED
+    if broken:
+        return CLOSE, INTERRUPTED
+    configured = wrapper.settings_dict["AUTOCOMMIT"]
+    trouble = driver_trouble(raw, configured)
+    if trouble is not None:
+        return (CLOSE if trouble in UNUSABLE else ROLL_BACK), trouble
+    if wrapper.autocommit != configured:
+        return ROLL_BACK, AUTOCOMMIT_LEFT_OFF
+    if wrapper.errors_occurred:
+        return CHECK, ERRORS_OCCURRED
+    return judge_settled(wrapper, reset_session)
+
+
+def judge_settled(wrapper: Any, reset_session: bool) -> tuple[str, str]:
+    """Steps 6-8, for a connected wrapper with no transaction and no error pending."""
+    close_at = wrapper.close_at
+    if close_at is not None and time.monotonic() >= close_at:
+        return CLOSE, TOO_OLD
+    if reset_session:
+        return RESET, SESSION
+    return KEEP, CLEAN
