@@ -20,6 +20,7 @@ from . import _concurrency
 from ._internals import NOBODY, UNUSABLE, abandon_unread_result, force_close, set_owner
 from .pool import Pool
 from .session import reset_session
+from .settings import PoolSettings
 from .verdict import CHECK, CLOSE, INTERRUPTED, KEEP, REPLACE, RESET, ROLL_BACK, judge, judge_settled
 
 # Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it.
@@ -50,26 +51,18 @@ class AliasPool:
     whether to keep, roll back, reset, close or replace it.
     """
 
-    def __init__(
-        self,
-        alias: str,
-        *,
-        size: int,
-        max_outstanding: int | None,
-        ping_after: float | None,
-        linger: float = 0.0,
-        reset: str = "transaction",
-    ) -> None:
+    def __init__(self, alias: str, settings: PoolSettings) -> None:
         self.alias = alias
-        self.ping_after = ping_after
-        self.reset_session = reset == "session"
+        self.settings = settings
+        self.ping_after = settings.ping_after
+        self.reset_session = settings.reset == "session"
         self.pool: Pool[Wrapper] = Pool(
             alias,
             create=self._create,
             dispose=self._dispose,
-            size=size,
-            max_outstanding=max_outstanding,
-            linger=linger,
+            size=settings.size,
+            max_outstanding=settings.max_outstanding,
+            linger=settings.linger,
         )
         self._warned: set[str] = set()
         _serving[alias] = weakref.ref(self)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 from collections.abc import Callable, Iterable, Iterator
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from .errors import PoolTimeout
 from .holds import HoldWatch
 from .lease import ConnectionSlots, Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
-from .session import RESET_MODES
+from .settings import PoolSettings, ResetMode, check_seconds
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -81,60 +80,28 @@ class PoolingMiddleware:
         ping_after: float | None = 1.0,
         linger: float = 5.0,
         hold_warning: float | None = None,
-        reset: str = "transaction",
+        reset: ResetMode = "transaction",
     ) -> None:
         if not callable(app):
             raise TypeError(
                 f"app must be a WSGI application (a callable), got {type(app).__name__}: "
                 f"pass get_wsgi_application(), not its module or its result"
             )
-        _check_int("size", size, minimum=1)
-        if max_outstanding is not None:
-            _check_int("max_outstanding", max_outstanding, minimum=1)
-            if max_outstanding < size:
-                raise ValueError(
-                    f"max_outstanding={max_outstanding} is below size={size}: the pool "
-                    f"could never fill; raise max_outstanding to at least {size}, or "
-                    f"lower size"
-                )
-        _check_seconds("timeout", timeout)
-        _check_seconds("ping_after", ping_after)
-        _check_seconds("linger", linger)
-        if linger is None:
-            raise TypeError("linger must be a number of seconds (0 closes surplus at once)")
-        if reset not in RESET_MODES:
-            raise ValueError(
-                f"reset must be one of {RESET_MODES!r}, got {reset!r}: 'transaction' (free: "
-                f"rolls back what was left open) or 'session' (one round trip more: wipes "
-                f"session variables, temporary tables and locks too)"
-            )
-        _check_seconds("hold_warning", hold_warning)
-        if hold_warning == 0:
-            raise ValueError("hold_warning must be > 0 seconds, or None to turn the warning off")
         if skip is not None and not callable(skip):
             raise TypeError(
                 f"skip must be a callable taking the WSGI environ, got {type(skip).__name__}"
             )
+        self.settings = settings = PoolSettings(
+            size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
+            linger=linger, hold_warning=hold_warning, reset=reset,
+        )
         self.app = app
-        self.size = size
-        self.max_outstanding = max_outstanding
-        self.timeout = timeout
         self.skip = skip
-        self.ping_after = ping_after
-        self.linger = linger
-        self.hold_warning = hold_warning
-        self.reset = reset
         self.aliases, unpooled = _resolve_aliases(aliases)
         self._holds = HoldWatch(hold_warning, self.aliases) if hold_warning else None
         self._unpooled = tuple(unpooled)
         self._every_alias = (*self.aliases, *self._unpooled)
-        self._pools = [
-            AliasPool(
-                alias, size=size, max_outstanding=max_outstanding, ping_after=ping_after,
-                linger=linger, reset=reset,
-            )
-            for alias in self.aliases
-        ]
+        self._pools = [AliasPool(alias, settings) for alias in self.aliases]
         self._storage: Any = None
         self._storage_generation = -1
 
@@ -149,6 +116,15 @@ class PoolingMiddleware:
             linger, reset,
         )
 
+    # The settings, read-only, as attributes of the middleware too.
+    size = property(lambda self: self.settings.size)
+    max_outstanding = property(lambda self: self.settings.max_outstanding)
+    timeout = property(lambda self: self.settings.timeout)
+    ping_after = property(lambda self: self.settings.ping_after)
+    linger = property(lambda self: self.settings.linger)
+    hold_warning = property(lambda self: self.settings.hold_warning)
+    reset = property(lambda self: self.settings.reset)
+
     # -- WSGI ---------------------------------------------------------------------
 
     def __call__(
@@ -160,7 +136,7 @@ class PoolingMiddleware:
         try:
             if self._storage_generation != _concurrency._fork_generation:
                 self._connection_storage()
-            lease = Lease(self._pools, self._storage, self.timeout, self._unpooled)
+            lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled)
         except PoolTimeout as exc:
             timed_out = exc
         else:
@@ -223,8 +199,8 @@ class PoolingMiddleware:
         Raises :class:`PoolTimeout` when none can be had within ``timeout``
         (default: the middleware's).
         """
-        wait = self.timeout if timeout is ... else timeout
-        _check_seconds("timeout", wait)
+        wait = self.settings.timeout if timeout is ... else timeout
+        check_seconds("timeout", wait)
         lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled)
         try:
             yield
@@ -275,24 +251,6 @@ def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callab
             holds.finish(token)
 
     return release
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
-
-
-def _check_seconds(name: str, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
-    if value < 0:
-        raise ValueError(
-            f"{name} must be >= 0 seconds (or None for no limit), got {value!r}"
-        )
 
 
 def _check_engine(alias: str, settings: dict[str, Any]) -> None:

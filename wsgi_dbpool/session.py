@@ -16,8 +16,6 @@ from typing import Any
 
 from . import _internals
 
-RESET_MODES = ("transaction", "session")
-
 
 def reset_session(wrapper: Any) -> bool:
     """Reset the server session of ``wrapper``'s open connection; False if unsupported.

@@ -1,0 +1,71 @@
+"""The pool's settings: declared once, checked once, shared by every layer.
+
+:class:`PoolSettings` is what ``PoolingMiddleware`` (and the Celery integration) is
+built from: each knob is declared here with its default, and checked here with one
+message per rule that names the argument, the value and the fix. The layers below
+(:class:`~wsgi_dbpool.alias_pool.AliasPool`, :class:`~wsgi_dbpool.pool.Pool`) take it
+as it is, already valid.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Literal
+
+ResetMode = Literal["transaction", "session"]
+RESET_MODES: tuple[ResetMode, ...] = ("transaction", "session")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Every pool knob (see ``PoolingMiddleware`` for what each one means)."""
+
+    size: int = 4
+    max_outstanding: int | None = None
+    timeout: float | None = 30.0
+    ping_after: float | None = 1.0
+    linger: float = 5.0
+    hold_warning: float | None = None
+    reset: ResetMode = "transaction"
+
+    def __post_init__(self) -> None:
+        check_int("size", self.size, minimum=1)
+        if self.max_outstanding is not None:
+            check_int("max_outstanding", self.max_outstanding, minimum=1)
+            if self.max_outstanding < self.size:
+                raise ValueError(
+                    f"max_outstanding={self.max_outstanding} is below size={self.size}: the "
+                    f"pool could never fill; raise max_outstanding to at least {self.size}, "
+                    f"or lower size"
+                )
+        check_seconds("timeout", self.timeout)
+        check_seconds("ping_after", self.ping_after)
+        if self.linger is None:
+            raise TypeError("linger must be a number of seconds (0 closes surplus at once)")
+        check_seconds("linger", self.linger)
+        if self.reset not in RESET_MODES:
+            raise ValueError(
+                f"reset must be one of {RESET_MODES!r}, got {self.reset!r}: 'transaction' "
+                f"(free: rolls back what was left open) or 'session' (a few round trips "
+                f"more: wipes session variables, temporary tables and locks too)"
+            )
+        check_seconds("hold_warning", self.hold_warning)
+        if self.hold_warning == 0:
+            raise ValueError("hold_warning must be > 0 seconds, or None to turn the warning off")
+
+
+def check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+
+
+def check_seconds(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds (or None for no limit), got {value!r}")
