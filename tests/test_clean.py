@@ -119,6 +119,27 @@ def test_2_session_reset_keeps_the_strict_sql_mode_of_init_command(make_app, db)
     assert _rows(db, "app.short_names") == []
 
 
+_PG_SESSION_PROBE = (
+    "SELECT current_setting('statement_timeout') || ' ' || current_setting('application_name') "
+    "|| ' ' || current_setting('TimeZone') || ' ' || current_setting('search_path') || ' ' "
+    "|| current_setting('transaction_isolation') || ' ' || current_database()"
+)
+
+
+def test_2_session_reset_on_postgresql_gives_back_a_connection_like_a_fresh_one(
+    make_app, db, postgres
+):
+    app = make_app(size=1, reset="session", aliases=["pg_tuned"])
+    with serve(app) as address:
+        fresh = _run(app, address, _PG_SESSION_PROBE, alias="pg_tuned")
+        _run(app, address, "SET statement_timeout = 1", "SET TIME ZONE '+05'",
+             "SET search_path = pg_catalog", alias="pg_tuned")
+        reset = _run(app, address, _PG_SESSION_PROBE, alias="pg_tuned")
+    assert reset["id"] == fresh["id"]  # reset, not reconnected
+    assert fresh["results"][0][0].startswith("12345ms tuned ")  # the alias's own options
+    assert reset["results"] == fresh["results"]
+
+
 # -- 3. USE otherdb -------------------------------------------------------------------
 
 
@@ -158,6 +179,20 @@ def test_4_query_bounded_by_gevent_timeout_does_not_fail_the_next_request(make_a
     assert app.stats()["default"]["broken"] == 1
     wait_until(lambda: before not in [row["id"] for row in db.processlist("app")],
                what="the server noticed the interrupted connection is gone")
+
+
+def test_4_query_bounded_by_gevent_timeout_on_postgresql(make_app, db, postgres):
+    app = make_app(size=1, aliases=["pg"])
+    with serve(app) as address:
+        before = _get(app, address, "/b/id/?alias=pg").json()["id"]
+        bounded = _get(app, address, "/bounded/?alias=pg")
+        after = _get(app, address, "/b/id/?alias=pg")
+    assert bounded.status == 200 and bounded.json() == {"finished": False}
+    assert after.status == 200, after.body[-300:]
+    assert after.json()["id"] != before
+    assert app.stats()["pg"]["broken"] == 1
+    wait_until(lambda: before not in [row["id"] for row in postgres.processlist("app")],
+               what="the interrupted connection is gone from the server")
 
 
 def test_4_gevent_timeout_inside_the_return_path_closes_the_connection(make_app, db, fault_proxy):
@@ -315,17 +350,18 @@ def test_7_connections_of_spawned_greenlets_close_when_they_end(make_app, db, ca
 # -- 8. the DEBUG query log -----------------------------------------------------------------
 
 
-def test_8_debug_query_log_is_cleared_between_holders(make_app, db):
-    from django.db import connection
+@pytest.mark.parametrize("alias", ["default", "pg"])
+def test_8_debug_query_log_is_cleared_between_holders(make_app, db, postgres, alias):
+    from django.db import connections
     from django.test.utils import override_settings
 
-    app = make_app(size=1)
+    app = make_app(size=1, aliases=[alias])
     with override_settings(DEBUG=True):
-        with app.checkout(), connection.cursor() as cursor:
+        with app.checkout(), connections[alias].cursor() as cursor:
             cursor.execute("SELECT %s", ["secret-token"])
         with app.checkout():
-            logged = [q["sql"] for q in connection.queries]
-            with connection.cursor() as cursor:
+            logged = [q["sql"] for q in connections[alias].queries]
+            with connections[alias].cursor() as cursor:
                 cursor.execute("SELECT 1")
     assert not any("secret-token" in sql for sql in logged)
 

@@ -219,7 +219,10 @@ class PoolingMiddleware:
         (returns given straight to a waiter), ``created`` (wrappers made),
         ``discarded`` (returns not kept: surplus or closed), ``opened`` and
         ``closed`` (server connections), ``stale`` (found dead on checkout),
-        ``dirty`` (returned inside a transaction).
+        ``dirty`` (returned inside a transaction, or with autocommit changed),
+        ``broken`` (closed on return: interrupted, or closed, mid-command or mid-result in
+        the driver), ``overflow`` (opened for a pooled alias outside any lease: greenlets
+        with no ``checkout()``).
         """
         return {p.alias: p.stats() for p in self._pools}
 

@@ -13,7 +13,8 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 ``wsgi_dbpool_waiting``, ``wsgi_dbpool_max_outstanding`` (gauges);
 ``wsgi_dbpool_opened_total``, ``wsgi_dbpool_closed_total``,
 ``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
-``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total`` (counters);
+``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total``, ``wsgi_dbpool_broken_total``,
+``wsgi_dbpool_overflow_total`` (counters);
 ``wsgi_dbpool_wait_seconds`` (histogram of the time to get a connection).
 """
 
@@ -48,6 +49,8 @@ COUNTERS = {
     "timeouts": "Requests that gave up waiting (503 or PoolTimeout)",
     "dirty": "Connections returned inside a transaction and rolled back or replaced",
     "stale": "Connections found dead on checkout",
+    "broken": "Connections closed on return because they could not be handed on (interrupted)",
+    "overflow": "Connections opened outside the pool by greenlets with no checkout()",
 }
 
 
