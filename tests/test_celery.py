@@ -9,29 +9,20 @@ doing alone. Every assertion on connections is on what the server reports.
 from __future__ import annotations
 
 import gc
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
 
+from tests.celery_harness import USER, CeleryWorker, client_app, create_worker_user, user_connections
 from tests.conftest import wait_until
 from tests.mariadb import MariaDBServer
 from tests.redis import RedisServer, ensure_installed
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.celery, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
-USER = "celery"
-TASK = "tests.celery_project."
 CAP = {"size": 2, "max_outstanding": 3, "timeout": 2, "linger": 0.5}
 
 
@@ -47,79 +38,18 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def server(mariadb: MariaDBServer) -> MariaDBServer:
-    """MariaDB with a user of the workers' own, and no connection of it left over."""
-    for statement in (
-        f"CREATE USER IF NOT EXISTS '{USER}'@'127.0.0.1' IDENTIFIED BY '{USER}'",
-        f"GRANT ALL ON app.* TO '{USER}'@'127.0.0.1'",
-    ):
-        mariadb.admin_query(statement)
-    mariadb.kill_user(USER)
+    create_worker_user(mariadb)
     return mariadb
 
 
 @pytest.fixture(scope="module")
 def client(redis_server: RedisServer) -> Iterator[Any]:
-    from celery import Celery
-
-    app = Celery("tests.client", broker=redis_server.url, backend=redis_server.url)
-    app.conf.broker_connection_retry_on_startup = True
+    app = client_app(redis_server)
     yield app
     # AsyncResults unsubscribe when collected: let that happen while the hub still runs,
     # not at interpreter exit (where gevent refuses, noisily).
     gc.collect()
     app.close()
-
-
-class Worker:
-    """One ``celery worker`` subprocess on a queue of its own, stopped by PID."""
-
-    def __init__(self, client: Any, server: MariaDBServer, redis_server: RedisServer,
-                 log_dir: Path, pool: str, concurrency: int,
-                 pool_tasks: dict[str, Any] | None) -> None:
-        self.client = client
-        self.queue = f"q-{pool}-{uuid.uuid4().hex[:8]}"
-        self.log_path = log_dir / f"{self.queue}.log"
-        env = {
-            **os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.celery_settings",
-            "TEST_MARIADB_PORT": str(server.port), "TEST_MARIADB_USER": USER,
-            "TEST_REDIS_URL": redis_server.url,
-            "TEST_POOL_TASKS": "off" if pool_tasks is None else json.dumps(pool_tasks),
-        }
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tests.celery_project", "worker",
-                 "-P", pool, "-c", str(concurrency), "-Q", self.queue, "-n", f"{self.queue}@test",
-                 "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=INFO"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: self._alive() and b" ready." in self.log_path.read_bytes(),
-                   timeout=30, what=f"celery worker -P {pool} ready")
-
-    def _alive(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the worker exited:\n{self.log()}")
-        return True
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def send(self, name: str, *args: Any, **options: Any) -> Any:
-        return self.client.send_task(TASK + name, args=args, queue=self.queue, **options)
-
-    def run(self, name: str, *args: Any, **options: Any) -> Any:
-        return self.send(name, *args, **options).get(timeout=30)
-
-    def stop(self) -> int:
-        """Warm shutdown (SIGTERM), as a deploy does; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while self.process.poll() is None:
-                if time.monotonic() > deadline:
-                    self.process.kill()
-                    raise AssertionError(f"the worker ignored SIGTERM for 30 s:\n{self.log()}")
-                gevent.sleep(0.05)
-        return int(self.process.returncode)
 
 
 class Peak:
@@ -142,11 +72,6 @@ class Peak:
     def __exit__(self, *exc: object) -> None:
         self._running = False
         self._greenlet.join(timeout=5)
-
-
-def _user_connections(server: MariaDBServer) -> int:
-    """Connections the server has accepted for the worker user, ever (``--userstat``)."""
-    return server.user_statistics(USER).get("total_connections", 0)
 
 
 # -- arguments --------------------------------------------------------------------
@@ -193,8 +118,8 @@ def test_pool_tasks_wants_a_celery_app_once(django_site):
 
 
 @pytest.fixture(scope="module")
-def gevent_worker(client, server, redis_server, tmp_path_factory) -> Iterator[Worker]:
-    worker = Worker(client, server, redis_server, tmp_path_factory.mktemp("celery"),
+def gevent_worker(client, server, redis_server, tmp_path_factory) -> Iterator[CeleryWorker]:
+    worker = CeleryWorker(client, server, redis_server, tmp_path_factory.mktemp("celery"),
                     "gevent", 50, CAP)
     try:
         yield worker
@@ -202,7 +127,7 @@ def gevent_worker(client, server, redis_server, tmp_path_factory) -> Iterator[Wo
         worker.stop()
 
 
-def _stats(worker: Worker) -> dict[str, Any]:
+def _stats(worker: CeleryWorker) -> dict[str, Any]:
     report = worker.run("pool_stats")
     return dict(report["stats"], fixup=report["fixup"])
 
@@ -320,14 +245,14 @@ def test_gevent_warm_shutdown_closes_idle_connections(gevent_worker, server):
 def test_other_pools_bound_reuse_and_shut_down_cleanly(
     pool, concurrency, processes, client, server, redis_server, tmp_path
 ):
-    worker = Worker(client, server, redis_server, tmp_path, pool, concurrency, CAP)
+    worker = CeleryWorker(client, server, redis_server, tmp_path, pool, concurrency, CAP)
     try:
-        before = _user_connections(server)
+        before = user_connections(server)
         with Peak(server) as connections:
             results = [worker.send("hold", 0.02) for _ in range(40)]
             [r.get(timeout=30) for r in results]
         assert connections.peak <= CAP["max_outstanding"] * processes
-        assert _user_connections(server) - before <= CAP["max_outstanding"] * processes
+        assert user_connections(server) - before <= CAP["max_outstanding"] * processes
         with pytest.raises(ValueError, match="as asked"):
             worker.send("fail").get(timeout=30)
         assert worker.run("retry_once")[1] == 1
