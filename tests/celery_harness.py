@@ -80,7 +80,7 @@ class CeleryWorker:
         deadline = time.monotonic() + 30
         while b" ready." not in self.log_path.read_bytes():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the worker exited at start-up:\n{self.log()}")
+                raise RuntimeError(f"the worker exited at start-up:\n{self.log(tail=8000)}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the worker was not ready within 30 s:\n{self.log()}")

@@ -23,7 +23,7 @@ from tests.redis import RedisServer, ensure_installed
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.celery, pytest.mark.slow]
 
-CAP = {"size": 2, "max_outstanding": 3, "timeout": 2, "linger": 0.5}
+CAP = {"size": 2, "max_outstanding": 3, "timeout": 2, "linger": 0.5, "hold_warning": 1}
 
 
 # -- the parts --------------------------------------------------------------------
@@ -222,6 +222,14 @@ def test_gevent_pool_timeout_fails_the_task_and_autoretry_retries_it(gevent_work
     for holder in holders:
         holder.get(timeout=30)
     assert _stats(gevent_worker)["timeouts"] >= 2
+    log = gevent_worker.log(tail=20000)
+    assert f"task tests.celery_project.connection_id[{plain.id}] failed: no connection" in log
+    assert f"task tests.celery_project.hold[{holders[0].id}] has held its connections" in log
+
+
+def test_worker_refuses_to_start_with_a_bad_argument(client, server, redis_server, tmp_path):
+    with pytest.raises(RuntimeError, match="size must be at least 1, got 0"):
+        CeleryWorker(client, server, redis_server, tmp_path, "solo", 1, {"size": 0})
 
 
 def test_gevent_warm_shutdown_closes_idle_connections(gevent_worker, server):
