@@ -18,7 +18,7 @@ and before its postrun close, both of which then find nothing bound and close
 nothing of ours. ``PoolTimeout`` is an ordinary exception of the body: the task
 fails, or retries when ``autoretry_for`` names it.
 
-Private Celery attributes relied on (Celery 5.4-5.7): ``Task._orig_run``, set by
+Private Celery attributes relied on (checked with Celery 5.7): ``Task._orig_run``, set by
 ``celery.app.autoretry``. The hooks are public signals: ``import_modules``,
 ``worker_init``, ``worker_shutdown`` and ``worker_process_shutdown``.
 """
