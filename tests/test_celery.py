@@ -21,7 +21,7 @@ from tests.conftest import wait_until
 from tests.mariadb import MariaDBServer
 from tests.redis import RedisServer, ensure_installed
 
-pytestmark = [pytest.mark.mariadb, pytest.mark.celery, pytest.mark.slow]
+pytestmark = [pytest.mark.mariadb, pytest.mark.celery]  # slow: the tests with a worker
 
 CAP = {"size": 2, "max_outstanding": 3, "timeout": 2, "linger": 0.5, "hold_warning": 1}
 
@@ -132,6 +132,7 @@ def _stats(worker: CeleryWorker) -> dict[str, Any]:
     return dict(report["stats"], fixup=report["fixup"])
 
 
+@pytest.mark.slow
 def test_gevent_burst_never_exceeds_the_cap_and_shrinks_to_size(gevent_worker, server):
     assert _stats(gevent_worker)["fixup"], "Celery's Django fixup should be active in the worker"
     with Peak(server) as connections:
@@ -146,6 +147,7 @@ def test_gevent_burst_never_exceeds_the_cap_and_shrinks_to_size(gevent_worker, s
     assert stats["in_use"] == 1  # pool_stats itself
 
 
+@pytest.mark.slow
 def test_gevent_200_tasks_open_a_handful_of_connections(gevent_worker, server):
     before = server.connections_total()
     results = [gevent_worker.send("connection_id") for _ in range(200)]
@@ -156,6 +158,7 @@ def test_gevent_200_tasks_open_a_handful_of_connections(gevent_worker, server):
     assert len(set(sequential)) == 1  # the fixup's closing around each task touched none of ours
 
 
+@pytest.mark.slow
 def test_gevent_failed_retried_and_rejected_tasks_return_their_connections(gevent_worker):
     before = _stats(gevent_worker)
     failed = gevent_worker.send("fail")
@@ -170,6 +173,7 @@ def test_gevent_failed_retried_and_rejected_tasks_return_their_connections(geven
     assert after["checkouts"] - before["checkouts"] >= 5  # fail, retry_once twice, reject, stats
 
 
+@pytest.mark.slow
 def test_gevent_open_transaction_is_rolled_back(gevent_worker, server):
     name = uuid.uuid4().hex[:12]
     dirty_before = _stats(gevent_worker)["dirty"]
@@ -191,6 +195,7 @@ def _wait_interrupted_queries_ended(server: MariaDBServer) -> None:
     wait_until(lambda: not _sleeping_ids(server), timeout=5, what="interrupted queries ended")
 
 
+@pytest.mark.slow
 def test_gevent_time_limit_and_revoke_close_the_connection(gevent_worker, server):
     before = _stats(gevent_worker)
     limited = gevent_worker.send("hold", 2, time_limit=0.5)
@@ -210,6 +215,7 @@ def test_gevent_time_limit_and_revoke_close_the_connection(gevent_worker, server
     assert after["in_use"] == 1 and after["waiting"] == 0
 
 
+@pytest.mark.slow
 def test_gevent_pool_timeout_fails_the_task_and_autoretry_retries_it(gevent_worker):
     holders = [gevent_worker.send("hold", 3) for _ in range(CAP["max_outstanding"])]
     gevent.sleep(0.3)
@@ -227,11 +233,13 @@ def test_gevent_pool_timeout_fails_the_task_and_autoretry_retries_it(gevent_work
     assert f"task tests.celery_project.hold[{holders[0].id}] has held its connections" in log
 
 
+@pytest.mark.slow
 def test_worker_refuses_to_start_with_a_bad_argument(client, server, redis_server, tmp_path):
     with pytest.raises(RuntimeError, match="size must be at least 1, got 0"):
         CeleryWorker(client, server, redis_server, tmp_path, "solo", 1, {"size": 0})
 
 
+@pytest.mark.slow
 def test_gevent_warm_shutdown_closes_idle_connections(gevent_worker, server):
     wait_until(lambda: server.connection_count(USER) > 0, what="an idle pooled connection")
     _wait_interrupted_queries_ended(server)
@@ -250,6 +258,7 @@ def test_gevent_warm_shutdown_closes_idle_connections(gevent_worker, server):
     [("threads", 8, 1), ("solo", 1, 1), ("prefork", 2, 2)],
     ids=["threads", "solo", "prefork"],
 )
+@pytest.mark.slow
 def test_other_pools_bound_reuse_and_shut_down_cleanly(
     pool, concurrency, processes, client, server, redis_server, tmp_path
 ):

@@ -129,16 +129,19 @@ class TaskPool:
 
     def _run(self, task: Any, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         middleware = self._pool()
-        token = None
-        if self._holds is not None:
-            token = self._holds.start(f"task {task.name}[{task.request.id}]")
+        holds = self._holds
         cut_short: BaseException
         try:
             with middleware.checkout():
+                # Watched from when the connections are held, not from when it queued.
+                token = holds.start(f"task {task.name}[{task.request.id}]") if holds else None
                 try:
                     return run(*args, **kwargs)
                 except _interruptions() as exc:
                     raise _CutShort(exc) from None
+                finally:
+                    if holds is not None and token is not None:
+                        holds.finish(token)
         except _CutShort as wrapped:
             cut_short = wrapped.exc
         except PoolTimeout as exc:
@@ -147,9 +150,6 @@ class TaskPool:
                 task.name, task.request.id, exc.alias, exc.waited, exc.max_outstanding,
             )
             raise
-        finally:
-            if token is not None and self._holds is not None:
-                self._holds.finish(token)
         # Outside the except block, so the traceback shows the task, not our wrapper.
         raise cut_short
 
