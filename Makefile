@@ -7,7 +7,7 @@ VENV ?= .venv-django$(DJANGO)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo storm test test-one lint bench bench-overhead clean
+.PHONY: demo storm worker test test-one lint bench bench-overhead clean
 
 $(STAMP): setup.py requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 ## storm: the before/after burst against the demo on a throwaway MariaDB
 storm: $(STAMP)
 	$(BIN)/python -m demo.storm
+
+## worker: a Celery gevent worker making the guestbook's export in the background (throwaway Redis)
+worker: $(STAMP)
+	$(BIN)/python -m demo.worker
 
 ## test: lint, then the whole suite on Django 5.2 and 4.2, against a throwaway MariaDB
 test:

@@ -17,6 +17,7 @@ setup(
         "gevent": ["gevent>=23.9", "gunicorn[gevent]>=22"],
         "mysql": ["PyMySQL>=1.1"],
         "prometheus": ["prometheus_client>=0.17"],
+        "celery": ["celery>=5.4"],
     },
     classifiers=[
         "Framework :: Django",
