@@ -167,6 +167,37 @@ def spawn(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"ids": [job.value for job in jobs]})
 
 
+def io(request: HttpRequest) -> HttpResponse:
+    """A query, a 50 ms wait on something else (an HTTP API, say), another query."""
+    import gevent
+
+    alias = _alias(request)
+    first = _backend_id(alias)
+    middleware = request.META.get("wsgi_dbpool.middleware")
+    in_use = middleware.stats()[alias]["in_use"] if middleware else None
+    gevent.sleep(float(request.GET.get("wait", "0.05")))
+    return JsonResponse({"first": first, "second": _backend_id(alias), "in_use_while_waiting": in_use})
+
+
+def marked_transaction(request: HttpRequest) -> HttpResponse:
+    """A transaction that marks its session, waits, and checks nobody else touched it."""
+    import gevent
+
+    alias = _alias(request)
+    me = request.GET.get("me", "?")
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute("SELECT @owner := %s, CONNECTION_ID()", [me])
+        ident = cursor.fetchone()[1]
+        cursor.execute("INSERT INTO items (name) VALUES (%s)", [me])
+        cursor.execute("SELECT id FROM items WHERE id = LAST_INSERT_ID() FOR UPDATE")
+        gevent.sleep(0.01)
+        cursor.execute("SELECT @owner, CONNECTION_ID()")
+        owner, again = cursor.fetchone()
+    with connections[alias].cursor() as cursor:  # an autocommit statement that marks too
+        cursor.execute("SELECT @owner := %s", [f"{me}-auto"])
+    return JsonResponse({"me": me, "owner": owner, "id": ident, "again": again})
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition of every worker (multiprocess mode), as an operator runs it."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
@@ -224,6 +255,8 @@ def b_stream(request: HttpRequest) -> StreamingHttpResponse:
 urlpatterns = [
     path("b/id/", b_id),
     path("run/", run),
+    path("io/", io),
+    path("marked/", marked_transaction),
     path("insert/", insert),
     path("bounded/", bounded),
     path("spawn/", spawn),

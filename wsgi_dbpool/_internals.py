@@ -35,6 +35,30 @@ PyMySQL ``Connection._execute_command``,  ``COM_RESET_CONNECTION``, which PyMySQ
 PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed after a
 ``collation``, ``sql_mode``,              session reset so that the connection is like
 ``init_command``                          a fresh one.
+``BaseDatabaseWrapper`` flags:            a front wrapper (``hold="lazy"``/``"transaction"``)
+``in_atomic_block``, ``savepoint_ids``,   lends its transaction state to the carrier the
+``atomic_blocks``, ``needs_rollback``,    verdict judges, and is reset between units of
+``closed_in_transaction``,                work (:func:`copy_transaction_state`,
+``errors_occurred``, ``commit_on_exit``,  :func:`reset_transaction_state`); ``close_at``
+``run_on_commit``, ``savepoint_state``,   and ``health_check_done`` move with the raw
+``close_at``, ``health_check_done``       connection.
+``connect``, ``get_autocommit``,          overridden on front wrappers only (instance
+``set_autocommit``, ``close``             attributes on objects the pool made): attach,
+                                          read a flag without connecting, detach at the
+                                          end of ``atomic()``, give the slot back.
+``BaseDatabaseWrapper.execute_wrappers``  Django's documented ``execute_wrapper`` list,
+                                          appended to on front wrappers for good.
+``utils.CursorWrapper.cursor``            the driver cursor inside Django's cursor,
+                                          replaced when it belongs to an earlier
+                                          attachment's connection.
+driver cursor ``.connection``             (DB-API extension; through Django's MySQL
+                                          cursor wrapper by ``__getattr__``) which raw
+                                          connection a cursor runs on.
+``ConnectionHandler.create_connection``   replaced on ``django.db.connections`` itself
+                                          (an instance attribute) while a middleware
+                                          with ``hold != "request"`` exists: a gevent
+                                          greenlet's first use of a pooled alias gets a
+                                          front wrapper, under the cap.
 ========================================  ==============================================
 
 Public driver state read here too: PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
@@ -215,3 +239,83 @@ def pymysql_reset_session(raw: Any) -> None:
 
 def is_pymysql(raw: Any) -> bool:
     return hasattr(raw, "_execute_command") and hasattr(raw, "_read_ok_packet")
+
+
+# -- front wrappers (hold="lazy" / "transaction") ------------------------------------------
+
+_TRANSACTION_STATE = (
+    "in_atomic_block", "savepoint_ids", "atomic_blocks", "needs_rollback",
+    "closed_in_transaction", "errors_occurred", "autocommit", "commit_on_exit",
+    "savepoint_state",
+)
+
+
+def copy_transaction_state(source: Any, target: Any) -> None:
+    for name in _TRANSACTION_STATE:
+        value = getattr(source, name)
+        setattr(target, name, list(value) if isinstance(value, list) else value)
+
+
+def reset_transaction_state(wrapper: Any) -> None:
+    """A wrapper's transaction state as Django's ``connect()`` leaves it."""
+    wrapper.in_atomic_block = False
+    wrapper.savepoint_ids = []
+    wrapper.atomic_blocks = []
+    wrapper.needs_rollback = False
+    wrapper.closed_in_transaction = False
+    wrapper.errors_occurred = False
+    wrapper.commit_on_exit = True
+    wrapper.run_on_commit = []
+    wrapper.run_commit_hooks_on_set_autocommit_on = False
+
+
+def override_front_methods(wrapper: Any, front: Any) -> None:
+    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``."""
+    cls = type(wrapper)
+
+    def connect() -> None:
+        front.attach(wrapper)
+
+    def get_autocommit() -> bool:
+        if wrapper.connection is None:  # detached: the next attachment restores this
+            return bool(wrapper.autocommit)
+        return bool(cls.get_autocommit(wrapper))
+
+    def set_autocommit(
+        autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
+    ) -> None:
+        cls.set_autocommit(wrapper, autocommit, force_begin_transaction_with_broken_autocommit)
+        if autocommit and front.per_transaction:
+            front.detach_if_idle(wrapper)  # the end of the outermost atomic(), on_commit run
+
+    def close() -> None:
+        try:
+            cls.close(wrapper)
+        finally:
+            front.detach(wrapper)  # the raw connection is closed: give the slot back
+
+    wrapper.connect = connect
+    wrapper.get_autocommit = get_autocommit
+    wrapper.set_autocommit = set_autocommit
+    wrapper.close = close
+
+
+def driver_cursor_connection(django_cursor: Any) -> Any:
+    return getattr(django_cursor.cursor, "connection", None)
+
+
+def replace_driver_cursor(django_cursor: Any, driver_cursor: Any) -> None:
+    django_cursor.cursor = driver_cursor
+
+
+def django_create_connection(alias: str) -> Any:
+    """Django's own ``connections.create_connection``, whatever is installed over it."""
+    from django.db import connections
+
+    return type(connections).create_connection(connections, alias)
+
+
+def install_create_connection(hook: Callable[[str], Any]) -> None:
+    from django.db import connections
+
+    connections.create_connection = hook

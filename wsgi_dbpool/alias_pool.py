@@ -14,10 +14,19 @@ import logging
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from . import _concurrency
-from ._internals import NOBODY, UNUSABLE, abandon_unread_result, force_close, set_owner
+from ._internals import (
+    NOBODY,
+    UNUSABLE,
+    abandon_unread_result,
+    django_create_connection,
+    force_close,
+    set_owner,
+)
+from .front import Front, Work
 from .pool import Pool
 from .session import reset_session
 from .settings import PoolSettings
@@ -35,12 +44,6 @@ _OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet s
 
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
-
-
-def _connections() -> Any:
-    from django.db import connections
-
-    return connections
 
 
 class AliasPool:
@@ -66,12 +69,25 @@ class AliasPool:
         )
         self._warned: set[str] = set()
         _serving[alias] = weakref.ref(self)
+        # How a unit of work takes and gives back this alias: the carrier itself for the
+        # whole work (hold="request"), or a front wrapper that borrows one when needed.
+        self.front: Front | None = None
+        self.take: Callable[[float | None, int, Work | None], Wrapper] = self.checkout
+        self.give: Callable[[Wrapper, bool], None] = self.checkin
+        if settings.hold != "request":
+            front = self.front = Front(self, per_transaction=settings.hold == "transaction")
+            self.take = lambda timeout, ident, work: front.take(work, ident)
+            self.give = front.give_back
 
     # -- wrapper lifecycle --------------------------------------------------------
 
     def _create(self) -> Wrapper:
-        # Django's own factory: no I/O, the wrapper connects on first use.
-        wrapper = _connections().create_connection(self.alias)
+        return self.new_wrapper()
+
+    def new_wrapper(self) -> Wrapper:
+        """A wrapper from Django's own factory, marked as ours: no I/O, it connects on
+        first use (a carrier), or borrows a carrier's connection (a front)."""
+        wrapper = django_create_connection(self.alias)
         setattr(wrapper, POOL_ATTR, self)
         wrapper._wsgi_dbpool_holder = None
         setattr(wrapper, _OPEN_ATTR, False)
@@ -107,7 +123,7 @@ class AliasPool:
 
     # -- checkout -----------------------------------------------------------------
 
-    def checkout(self, timeout: float | None, ident: int) -> Any:
+    def checkout(self, timeout: float | None, ident: int, work: Work | None = None) -> Any:
         """A wrapper owned by greenlet ``ident``, checked if it sat idle a while."""
         wrapper: Any
         wrapper, idle_since = self.pool.acquire(timeout)

@@ -18,6 +18,7 @@ from .alias_pool import POOL_ATTR
 
 if TYPE_CHECKING:
     from .alias_pool import AliasPool
+    from .front import Work
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -115,6 +116,10 @@ def _bound(storage: Any, alias: str) -> Any:
 class Lease:
     """Checks out one wrapper per alias, binds it in the calling greenlet, and undoes both.
 
+    Under ``hold="lazy"`` or ``"transaction"`` what is bound is a front wrapper that takes
+    a server connection only when the work first needs one (``work`` is where a wait
+    at the cap is reported; see :mod:`wsgi_dbpool.front`).
+
     Aliases are taken in one fixed order, so two requests can never each hold one
     alias while waiting for the other's. An alias the greenlet already holds from
     this library (a nested ``checkout()``, or the middleware stacked twice) is reused,
@@ -135,6 +140,7 @@ class Lease:
         storage: Any,
         timeout: float | None,
         unpooled: Sequence[str] = (),
+        work: Work | None = None,
     ) -> None:
         self._entries: list[tuple[AliasPool, Any, Any]] = []
         self._storage = storage
@@ -152,7 +158,7 @@ class Lease:
                 previous = _bound(storage, alias)
                 if previous is not UNBOUND and previous.__dict__.get("_wsgi_dbpool_holder") == ident:
                     continue  # already leased to this greenlet: reuse, don't nest
-                wrapper = alias_pool.checkout(timeout, ident)
+                wrapper = alias_pool.take(timeout, ident, work)
                 self._entries.append((alias_pool, wrapper, previous))
                 setattr(storage, alias, wrapper)
         except BaseException as exc:
@@ -188,7 +194,7 @@ class Lease:
                         setattr(storage, alias, previous)
             finally:
                 try:
-                    alias_pool.checkin(wrapper, broken)
+                    alias_pool.give(wrapper, broken)
                 except BaseException as exc:  # keep returning the other aliases first
                     error = error or exc
         self._entries.clear()

@@ -9,12 +9,14 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from . import _concurrency, alias_pool
+from . import front as front_module
 from .alias_pool import AliasPool
 from .errors import PoolTimeout
+from .front import Work
 from .holds import HoldWatch
 from .lease import ConnectionSlots, Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
-from .settings import PoolSettings, ResetMode, check_seconds
+from .settings import HoldMode, PoolSettings, ResetMode, check_seconds
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -81,6 +83,7 @@ class PoolingMiddleware:
         linger: float = 5.0,
         hold_warning: float | None = None,
         reset: ResetMode = "transaction",
+        hold: HoldMode = "request",
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -93,7 +96,7 @@ class PoolingMiddleware:
             )
         self.settings = settings = PoolSettings(
             size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
-            linger=linger, hold_warning=hold_warning, reset=reset,
+            linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
         )
         self.app = app
         self.skip = skip
@@ -104,6 +107,12 @@ class PoolingMiddleware:
         self._pools = [AliasPool(alias, settings) for alias in self.aliases]
         self._storage: Any = None
         self._storage_generation = -1
+        if hold != "request":
+            _check_hold(hold, self.aliases)
+            for pool in self._pools:
+                assert pool.front is not None
+                pool.front.holds = self._holds  # holds are attachments, not requests
+                front_module.serve_spawned_greenlets(pool.front)
 
         from django.db.backends.signals import connection_created
 
@@ -111,9 +120,10 @@ class PoolingMiddleware:
             alias_pool.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
         )
         logger.info(
-            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s reset=%s",
+            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s reset=%s "
+            "hold=%s",
             ", ".join(repr(a) for a in self.aliases), size, max_outstanding, timeout, ping_after,
-            linger, reset,
+            linger, reset, hold,
         )
 
     # The settings, read-only, as attributes of the middleware too.
@@ -124,6 +134,7 @@ class PoolingMiddleware:
     linger = property(lambda self: self.settings.linger)
     hold_warning = property(lambda self: self.settings.hold_warning)
     reset = property(lambda self: self.settings.reset)
+    hold = property(lambda self: self.settings.hold)
 
     # -- WSGI ---------------------------------------------------------------------
 
@@ -133,6 +144,8 @@ class PoolingMiddleware:
         environ[ENVIRON_KEY] = self
         if self.skip is not None and self.skip(environ):
             return self._serve_skipped(environ, start_response)
+        if self.settings.hold != "request":
+            return self._serve_with_fronts(environ, start_response)
         try:
             if self._storage_generation != _concurrency._fork_generation:
                 self._connection_storage()
@@ -158,6 +171,52 @@ class PoolingMiddleware:
                 return result
             return ClosingIterable(result, release)
         return self._unavailable(timed_out, environ, start_response)
+
+    def _serve_with_fronts(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """``hold="lazy"``/``"transaction"``: bind front wrappers; they take connections
+        when the work first needs them. A wait at the cap that times out inside the app
+        becomes a 503 if the response has not started (Django would have made it a 500)."""
+        if self._storage_generation != _concurrency._fork_generation:
+            self._connection_storage()
+        work = Work(self.settings.timeout, environ)
+        lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled, work)
+        unavailable: list[Iterable[bytes]] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if work.timed_out is not None and not unavailable:
+                unavailable.append(self._unavailable(work.timed_out, environ, start_response))
+                return lambda data: None
+            return start_response(status, headers, exc_info)
+
+        try:
+            result = self.app(environ, start)
+        except PoolTimeout as exc:
+            lease.release()
+            if unavailable:
+                raise
+            return self._unavailable(exc, environ, start_response)
+        except BaseException as exc:
+            lease.release(interrupted(exc))
+            raise
+        if unavailable:
+            close = getattr(result, "close", None)
+            try:
+                if close is not None:
+                    close()  # Django's 500, replaced: its request_finished must still run
+            finally:
+                lease.release()
+            return unavailable[0]
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if (
+            file_wrapper is not None
+            and isinstance(file_wrapper, type)
+            and isinstance(result, file_wrapper)
+            and hook_file_wrapper(result, lease.release)
+        ):
+            return result
+        return ClosingIterable(result, lease.release)
 
     def _serve_skipped(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -201,7 +260,8 @@ class PoolingMiddleware:
         """
         wait = self.settings.timeout if timeout is ... else timeout
         check_seconds("timeout", wait)
-        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled)
+        work = Work(wait, None) if self.settings.hold != "request" else None
+        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled, work)
         try:
             yield
         except BaseException as exc:
@@ -254,6 +314,26 @@ def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callab
             holds.finish(token)
 
     return release
+
+
+def _check_hold(hold: str, aliases: Iterable[str]) -> None:
+    """Refuse what cannot work when a connection changes hands between transactions."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    if hold != "transaction":
+        return
+    for alias in aliases:
+        database = settings.DATABASES[alias]
+        if "postgresql" in database.get("ENGINE", "") and not database.get(
+            "DISABLE_SERVER_SIDE_CURSORS"
+        ):
+            raise ImproperlyConfigured(
+                f"hold='transaction' needs DATABASES[{alias!r}]['DISABLE_SERVER_SIDE_CURSORS'] "
+                f"= True: a server-side cursor (QuerySet.iterator()) lives on in the session "
+                f"after its statement, and the next fetch could run on another connection. "
+                f"Set it (as behind PgBouncer in transaction mode), or use hold='lazy'"
+            )
 
 
 def _check_engine(alias: str, settings: dict[str, Any]) -> None:

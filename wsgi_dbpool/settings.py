@@ -15,6 +15,8 @@ from typing import Literal
 
 ResetMode = Literal["transaction", "session"]
 RESET_MODES: tuple[ResetMode, ...] = ("transaction", "session")
+HoldMode = Literal["request", "lazy", "transaction"]
+HOLD_MODES: tuple[HoldMode, ...] = ("request", "lazy", "transaction")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class PoolSettings:
     linger: float = 5.0
     hold_warning: float | None = None
     reset: ResetMode = "transaction"
+    hold: HoldMode = "request"
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -53,6 +56,20 @@ class PoolSettings:
         check_seconds("hold_warning", self.hold_warning)
         if self.hold_warning == 0:
             raise ValueError("hold_warning must be > 0 seconds, or None to turn the warning off")
+        if self.hold not in HOLD_MODES:
+            raise ValueError(
+                f"hold must be one of {HOLD_MODES!r}, got {self.hold!r}: 'request' (a "
+                f"connection for the whole request), 'lazy' (from the first query to the "
+                f"end of the request) or 'transaction' (only while a statement or a "
+                f"transaction runs)"
+            )
+        if self.hold == "transaction" and self.reset == "session":
+            raise ValueError(
+                "hold='transaction' cannot go with reset='session': the session would be "
+                "reset after every statement (four round trips each), and session state "
+                "does not survive between transactions anyway; use reset='transaction', or "
+                "hold='lazy' to keep a session for the whole request"
+            )
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
