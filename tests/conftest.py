@@ -13,38 +13,26 @@ import gevent.monkey
 if not gevent.monkey.is_module_patched("socket"):  # plain `pytest`: patch as early as we can
     gevent.monkey.patch_all()
 
-import contextlib
-import http.client
-import json
-import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import gevent
-import gevent.pywsgi
 import pytest
 
 from tests.faultproxy import FaultProxy
-from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
+from tests.helpers import wait_until
+from tests.mariadb import MariaDBServer, install_pymysql
+from tests.mariadb import ensure_installed as ensure_mariadb
 from tests.postgres import PostgresServer
-
-ITEMS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS app.items "
-    "(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL) ENGINE=InnoDB"
-)
+from tests.postgres import ensure_installed as ensure_postgres
+from tests.servers import site_settings
 
 
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDBServer]:
-    ensure_installed()
-    server = MariaDBServer(max_connections=200)
-    server.start()
-    server.admin_query(ITEMS_TABLE)
-    try:
+    ensure_mariadb()
+    with MariaDBServer(max_connections=200) as server:
+        server.create_items()
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -56,25 +44,10 @@ def fault_proxy(mariadb: MariaDBServer) -> Iterator[FaultProxy]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer(port=_free_port())
-    server.start()
-    import psycopg
-
-    with psycopg.connect(host="127.0.0.1", port=server.port, user="app", password="app",
-                         dbname="app", autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id SERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL)")
-    try:
+    ensure_postgres()
+    with PostgresServer() as server:
+        server.create_items()
         yield server
-    finally:
-        server.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -94,23 +67,13 @@ def django_site(
         conn_max_age=60, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
     )
     proxied["PORT"] = str(fault_proxy.port)
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="tests-only",
-        ALLOWED_HOSTS=["*"],
-        ROOT_URLCONF="tests.site",
-        INSTALLED_APPS=[],
-        MIDDLEWARE=[],
-        USE_TZ=True,
-        LOGGING_CONFIG=None,
-        DATABASES={
-            "default": mariadb.django_settings(conn_max_age=60),
-            "other": mariadb.django_settings(conn_max_age=60),
-            "short": mariadb.django_settings(conn_max_age=1),
-            "proxied": proxied,
-            "pg": postgres.django_settings(conn_max_age=60),
-        },
-    )
+    settings.configure(**site_settings({
+        "default": mariadb.django_settings(conn_max_age=60),
+        "other": mariadb.django_settings(conn_max_age=60),
+        "short": mariadb.django_settings(conn_max_age=1),
+        "proxied": proxied,
+        "pg": postgres.django_settings(conn_max_age=60),
+    }, urlconf="tests.site"))
     django.setup()
     return mariadb
 
@@ -148,95 +111,3 @@ def make_app(db: MariaDBServer) -> Iterator[Callable[..., Any]]:
             what="every connection returned",
         )
         app.close()
-
-
-def wait_until(
-    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        gevent.sleep(0.01)
-
-
-class PeakConnections:
-    """Samples the app user's server connections in a greenlet; ``peak`` is the most seen."""
-
-    def __init__(self, db: MariaDBServer, every: float = 0.005) -> None:
-        self.peak = 0
-        self._running = True
-
-        def sample() -> None:
-            while self._running:
-                self.peak = max(self.peak, db.connection_count("app"))
-                gevent.sleep(every)
-
-        self._greenlet = gevent.spawn(sample)
-
-    def __enter__(self) -> PeakConnections:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._running = False
-        self._greenlet.join(timeout=5)
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """A real gevent WSGI server on a free loopback port; yields its address."""
-    server = gevent.pywsgi.WSGIServer(
-        ("127.0.0.1", 0), app, log=None, error_log=logging.getLogger("pywsgi")
-    )
-    server.start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.stop(timeout=5)
-
-
-class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def lines(self) -> list[Any]:
-        return [json.loads(line) for line in self.body.splitlines() if line.strip()]
-
-
-def get(address: str, path: str, *, timeout: float = 20.0, method: str = "GET") -> Response:
-    """One HTTP request on a new connection (cooperative under gevent)."""
-    host, port = address.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request(method, path)
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
-def call(app: Any, path: str, **environ: Any) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Call a WSGI app in-process like a well-behaved server: iterate, then close()."""
-    from webob import Request
-
-    captured: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured["status"], captured["headers"] = status, headers
-        return lambda data: None
-
-    env = Request.blank(path).environ
-    env.update(environ)
-    result = app(env, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], captured["headers"], body

@@ -98,7 +98,7 @@ def test_misconfigured_engine_fails_at_construction(django_site):
 
 
 def test_close_twice_is_a_no_op(make_app, db):
-    from tests.conftest import call
+    from tests.helpers import call
 
     app = make_app(size=1)
     call(app, "/id/")

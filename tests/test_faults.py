@@ -11,7 +11,7 @@ import gevent
 import pymysql
 import pytest
 
-from tests.conftest import get, serve, wait_until
+from tests.helpers import get, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
 

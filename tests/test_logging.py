@@ -7,7 +7,7 @@ import logging
 import gevent
 import pytest
 
-from tests.conftest import get, serve, wait_until
+from tests.helpers import get, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
 

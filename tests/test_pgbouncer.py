@@ -7,16 +7,19 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from tests.conftest import get
+from tests import pgbouncer, postgres
+from tests.helpers import get, gunicorn
 from tests.pgbouncer import PgBouncer
 from tests.postgres import PostgresServer
-from tests.test_gunicorn import free_port, gunicorn
+from tests.servers import free_port
 
 pytestmark = pytest.mark.mariadb
 
 
 def test_three_workers_through_pgbouncer_on_a_small_server(db):
-    small = PostgresServer(port=free_port(), max_connections=10)  # 3 reserved: 7 for clients
+    postgres.ensure_installed()
+    pgbouncer.ensure_installed()
+    small = PostgresServer(max_connections=10)  # 3 reserved: 7 for clients
     small.start()
     bouncer = PgBouncer(small, port=free_port(), pool_size=4)
     try:

@@ -7,8 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import get, serve, wait_until
-from tests.test_gunicorn import gunicorn
+from tests.helpers import get, gunicorn, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
 

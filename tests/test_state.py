@@ -8,7 +8,7 @@ import logging
 import gevent
 import pytest
 
-from tests.conftest import call, get, serve, wait_until
+from tests.helpers import call, get, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
 
