@@ -1,9 +1,14 @@
-"""Session fixtures: a throwaway MariaDB, a configured Django, servers and clients.
+"""Fixtures: throwaway MariaDB and PostgreSQL servers, a configured Django, app factories.
 
 The suite runs under gevent: ``make test`` starts pytest through
 ``python -m gevent.monkey --module pytest`` so that everything is patched before any
 module is imported. Tests that need an unpatched process (plain threads, gunicorn
 ``--preload``) run their own subprocess.
+
+Servers start once per session, and only when a test asks for one: Django is configured
+with the ports reserved up front, so a test that needs Django but no server (argument
+checks) starts nothing. A test is marked by the servers its fixtures start (``mariadb``,
+``postgresql``), and the tests that need no server run first.
 """
 
 from __future__ import annotations
@@ -18,79 +23,163 @@ from typing import Any
 
 import pytest
 
+from tests import mariadb as mariadb_harness
+from tests import pgbouncer as pgbouncer_harness
+from tests import postgres as postgres_harness
 from tests.faultproxy import FaultProxy
-from tests.helpers import wait_until
+from tests.helpers import Backend, wait_until
 from tests.mariadb import MariaDBServer, install_pymysql
-from tests.mariadb import ensure_installed as ensure_mariadb
+from tests.pgbouncer import PgBouncer
 from tests.postgres import PostgresServer
-from tests.postgres import ensure_installed as ensure_postgres
-from tests.servers import site_settings
+from tests.servers import free_port, site_settings
+
+# A test whose fixtures include one of these gets the marker: the server it starts.
+SERVER_MARKERS = {"mariadb": "mariadb", "postgres": "postgresql", "pgbouncer": "postgresql"}
+
+
+# -- collection ---------------------------------------------------------------------
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"mariadb: {mariadb_harness.version() or 'not installed (the harness installs it when needed)'}",
+        f"postgresql: {postgres_harness.version() or 'not installed (the harness installs it when needed)'}",
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        for fixture, marker in SERVER_MARKERS.items():
+            if fixture in fixtures and not item.get_closest_marker(marker):
+                item.add_marker(marker)
+
+    def starts_something(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(m) for m in ("mariadb", "postgresql", "demo", "slow"))
+
+    items.sort(key=starts_something)  # stable: server-free tests first, each group in file order
+
+
+# -- servers -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def mariadb() -> Iterator[MariaDBServer]:
-    ensure_mariadb()
-    with MariaDBServer(max_connections=200) as server:
+def mariadb_port() -> int:
+    """The port the session's MariaDB will listen on, fixed before anything starts."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def postgres_port() -> int:
+    """The port the session's PostgreSQL will listen on, fixed before anything starts."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def mariadb(mariadb_port: int) -> Iterator[MariaDBServer]:
+    """The session's MariaDB, started at the first test that needs it."""
+    mariadb_harness.ensure_installed()
+    with MariaDBServer(port=mariadb_port, max_connections=200) as server:
         server.create_items()
         yield server
 
 
 @pytest.fixture(scope="session")
-def fault_proxy(mariadb: MariaDBServer) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(mariadb.port)
+def postgres(postgres_port: int) -> Iterator[PostgresServer]:
+    """The session's PostgreSQL, started at the first test that needs it."""
+    postgres_harness.ensure_installed()
+    with PostgresServer(port=postgres_port) as server:
+        server.create_items()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fault_proxy(mariadb_port: int) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(mariadb_port)
     yield proxy
     proxy.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    ensure_postgres()
-    with PostgresServer() as server:
-        server.create_items()
-        yield server
+@pytest.fixture
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A small PostgreSQL (``max_connections=10``: 7 for clients) behind a PgBouncer in
+    transaction mode with a server pool of 4; both gone after the test."""
+    postgres_harness.ensure_installed()
+    pgbouncer_harness.ensure_installed()
+    with PostgresServer(max_connections=10) as small:
+        bouncer = PgBouncer(small, port=free_port(), pool_size=4)
+        try:
+            yield bouncer
+        finally:
+            bouncer.stop()
+
+
+# -- Django ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def django_site(
-    mariadb: MariaDBServer, fault_proxy: FaultProxy, postgres: PostgresServer
-) -> MariaDBServer:
-    """Django configured once for the session, every alias on the throwaway server.
+def django_site(mariadb_port: int, fault_proxy: FaultProxy, postgres_port: int) -> None:
+    """Django configured once for the session, every alias on the throwaway servers.
 
-    ``proxied`` reaches it through the fault-injecting proxy, with the driver timeouts
-    the README recommends, so that a network fault ends in an error, never a hang.
+    Configuring connects to nothing, so no server is started here: the fixtures that
+    need one (``db``, ``pg_db``) start it. ``proxied`` reaches MariaDB through the
+    fault-injecting proxy, with the driver timeouts the README recommends, so that a
+    network fault ends in an error, never a hang.
     """
     import django
     from django.conf import settings
 
     install_pymysql()
-    proxied = mariadb.django_settings(
-        conn_max_age=60, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
-    )
-    proxied["PORT"] = str(fault_proxy.port)
+    mysql = mariadb_harness.mysql_settings
     settings.configure(**site_settings({
-        "default": mariadb.django_settings(conn_max_age=60),
-        "other": mariadb.django_settings(conn_max_age=60),
-        "short": mariadb.django_settings(conn_max_age=1),
-        "proxied": proxied,
-        "pg": postgres.django_settings(conn_max_age=60),
+        "default": mysql(mariadb_port),
+        "other": mysql(mariadb_port),
+        "short": mysql(mariadb_port, conn_max_age=1),
+        "proxied": mysql(
+            fault_proxy.port, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
+        ),
+        "pg": postgres_harness.postgres_settings(postgres_port),
     }, urlconf="tests.site"))
     django.setup()
-    return mariadb
 
 
 @pytest.fixture
-def db(django_site: MariaDBServer) -> Iterator[MariaDBServer]:
-    """The server, with no app connection left over from an earlier test."""
-    if not django_site.running:  # a fault test that failed half-way
-        django_site.start_again()
-    django_site.kill_user("app")
-    wait_until(lambda: django_site.connection_count("app") == 0, what="app connections gone")
-    django_site.admin_query("TRUNCATE TABLE app.items")
-    yield django_site
+def db(mariadb: MariaDBServer, django_site: None) -> Iterator[MariaDBServer]:
+    """The MariaDB server, with no app connection left over from an earlier test."""
+    if not mariadb.running:  # a fault test that failed half-way
+        mariadb.start_again()
+    mariadb.kill_user("app")
+    wait_until(lambda: mariadb.connection_count("app") == 0, what="app connections gone")
+    mariadb.admin_query("TRUNCATE TABLE app.items")
+    yield mariadb
 
 
 @pytest.fixture
-def make_app(db: MariaDBServer) -> Iterator[Callable[..., Any]]:
+def pg_db(postgres: PostgresServer, django_site: None) -> PostgresServer:
+    """The PostgreSQL server, with no app connection left over and ``items`` empty."""
+    postgres.kill_user("app")
+    wait_until(lambda: postgres.connection_count("app") == 0, what="pg connections gone")
+    postgres.app_query("TRUNCATE items")
+    wait_until(lambda: postgres.connection_count("app") == 0, what="the truncating connection gone")
+    return postgres
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each backend in turn, ready as ``db`` / ``pg_db`` make it; marked by the one it starts."""
+    if request.param == "mariadb":
+        return Backend("default", request.getfixturevalue("db"), "SELECT CONNECTION_ID()", "SELECT SLEEP(%s)")
+    return Backend("pg", request.getfixturevalue("pg_db"), "SELECT pg_backend_pid()", "SELECT pg_sleep(%s)")
+
+
+@pytest.fixture
+def make_app(django_site: None) -> Iterator[Callable[..., Any]]:
     """Builds a PoolingMiddleware over Django's handler; checks for leaks afterwards."""
     from django.core.wsgi import get_wsgi_application
 

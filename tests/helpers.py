@@ -5,6 +5,7 @@ gevent WSGI server, and the test site under real gunicorn. Fixtures live in ``co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -19,6 +20,16 @@ import gevent
 import gevent.pywsgi
 
 from tests.servers import Gunicorn, child_env
+
+
+@dataclasses.dataclass
+class Backend:
+    """One database backend of the shared suite (``tests/test_backends.py``)."""
+
+    alias: str
+    server: Any
+    connection_id_sql: str
+    sleep_sql: str
 
 
 def wait_until(
@@ -104,11 +115,14 @@ def call(app: Any, path: str, **environ: Any) -> tuple[str, list[tuple[str, str]
 
 @contextlib.contextmanager
 def gunicorn(db: Any, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
-    """``tests.gunicorn_app`` under real gunicorn gevent workers, on ``db``; yields its
-    address and process. ``args`` go to gunicorn, ``env`` to its environment."""
+    """``tests.gunicorn_app`` under real gunicorn gevent workers, on the MariaDB ``db``
+    (None: ``env`` names another database); yields its address and process. ``args`` go
+    to gunicorn, ``env`` to its environment."""
+    if db is not None:
+        env = {"TEST_MARIADB_PORT": str(db.port), **env}
     server = Gunicorn(
         "tests.gunicorn_app:application", config="tests/gunicorn_conf.py", args=args,
-        env=child_env(TEST_MARIADB_PORT=str(db.port), **env),
+        env=child_env(**env),
     )
     with server:
         yield server.address, server.process

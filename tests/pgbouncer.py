@@ -27,6 +27,7 @@ class PgBouncer:
 
     def __init__(self, server: PostgresServer, *, port: int, pool_size: int) -> None:
         self.binary = which("pgbouncer") or "pgbouncer"
+        self.server = server
         self.port = port
         self.basedir = tempfile.mkdtemp(prefix="wsgi_dbpool-pgbouncer-")
         account = pwd.getpwnam(OS_USER)

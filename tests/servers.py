@@ -341,7 +341,6 @@ def site_settings(
     return {**settings, **extra}
 
 
-
 def run_until_interrupted(server: Any, describe: Callable[[], str]) -> None:
     """``python -m tests.mariadb`` / ``tests.postgres``: start ``server``, print ``describe()``,
     and keep it until Ctrl-C or SIGTERM, then stop it and remove its files."""

@@ -6,35 +6,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
-import pytest
 
 from tests.helpers import call, get, serve, wait_until
 from tests.servers import PeakSampler
-
-pytestmark = pytest.mark.mariadb
-
-
-@dataclass
-class Backend:
-    alias: str
-    server: Any
-    connection_id_sql: str
-    sleep_sql: str
-
-
-@pytest.fixture(params=["mariadb", "postgresql"])
-def backend(request, db, postgres) -> Backend:
-    if request.param == "mariadb":
-        return Backend("default", db, "SELECT CONNECTION_ID()", "SELECT SLEEP(%s)")
-    postgres.kill_user("app")
-    wait_until(lambda: postgres.connection_count("app") == 0, what="pg connections gone")
-    postgres.app_query("TRUNCATE items")
-    wait_until(lambda: postgres.connection_count("app") == 0, what="the truncating connection gone")
-    return Backend("pg", postgres, "SELECT pg_backend_pid()", "SELECT pg_sleep(%s)")
 
 
 def _run(alias: str, sql: str, params: Any = None) -> Any:

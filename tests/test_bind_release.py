@@ -10,8 +10,6 @@ import pytest
 
 from tests.helpers import call, get, serve, wait_until
 
-pytestmark = pytest.mark.mariadb
-
 
 def test_sequential_requests_share_one_server_connection(make_app, db):
     app = make_app(size=2)

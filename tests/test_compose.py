@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.helpers import call, get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
 
 
 class Outer:

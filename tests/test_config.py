@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.mariadb
-
 
 def _app(environ, start_response):  # a stand-in inner app; never called here
     raise AssertionError("not called")

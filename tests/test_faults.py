@@ -13,8 +13,6 @@ import pytest
 
 from tests.helpers import get, serve, wait_until
 
-pytestmark = pytest.mark.mariadb
-
 
 @pytest.fixture
 def proxy(fault_proxy):

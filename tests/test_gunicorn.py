@@ -11,8 +11,6 @@ import pytest
 from tests.helpers import get, gunicorn, wait_until
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.mariadb
-
 
 @pytest.mark.parametrize("close_on_exit", [True, False], ids=["worker_exit-closes", "no-hook"])
 def test_graceful_stop_and_aborted_connections(db, close_on_exit):

@@ -11,8 +11,6 @@ import pytest
 from tests.helpers import call, get, serve, wait_until
 from tests.servers import PeakSampler
 
-pytestmark = pytest.mark.mariadb
-
 
 @pytest.mark.parametrize("linger", [0, 0.5], ids=["close-surplus-at-once", "linger-0.5s"])
 def test_300_clients_never_exceed_the_cap(make_app, db, linger):

@@ -9,12 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import call, wait_until
 from tests.servers import PeakSampler
-
-pytestmark = pytest.mark.mariadb
 
 ROOT = Path(__file__).resolve().parent.parent
 
