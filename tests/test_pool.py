@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -543,6 +544,24 @@ def test_stats_count_what_happened(make_pool):
     assert count == 3 and buckets[-1] == (float("inf"), 3)
     assert seconds == pytest.approx(stats["wait_seconds"], abs=1e-5)
     assert [c for _, c in buckets] == sorted(c for _, c in buckets)  # cumulative
+
+
+# -- background timers ----------------------------------------------------------------
+
+
+def test_call_later_runs_once_after_the_delay_and_logs_an_error(caplog):
+    ran: list[float] = []
+    started = time.monotonic()
+    _concurrency.call_later(0.02, lambda: ran.append(time.monotonic() - started))
+
+    def fail() -> None:
+        raise OSError("scrape target gone")
+
+    _concurrency.call_later(0.0, fail)
+    wait_for(lambda: ran and "scrape target gone" in caplog.text, "both timers")
+    gevent.sleep(0.05)
+    assert len(ran) == 1 and ran[0] >= 0.02
+    assert "a background task of wsgi_dbpool failed" in caplog.text
 
 
 # -- ClosingIterable -----------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 
 from . import _concurrency
@@ -47,9 +46,7 @@ class HoldWatch:
             )
 
     def _schedule(self) -> None:
-        timer = threading.Timer(min(self.threshold / 2, 1.0), self._scan)
-        timer.daemon = True
-        timer.start()
+        _concurrency.call_later(min(self.threshold / 2, 1.0), self._scan)
 
     def _scan(self) -> None:
         now = time.monotonic()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -269,13 +268,7 @@ class Pool(Generic[T]):
         if surplus:
             self._dispose(obj)
         elif start_reaper:
-            self._schedule_reap(self.linger)
-
-    def _schedule_reap(self, delay: float) -> None:
-        # A timer thread, which is a greenlet once gevent has patched threading.
-        timer = threading.Timer(delay, self._reap)
-        timer.daemon = True
-        timer.start()
+            _concurrency.call_later(self.linger, self._reap)
 
     def _reap(self) -> None:
         """Close idle objects beyond ``size`` that lingered ``linger`` seconds unused."""
@@ -297,7 +290,7 @@ class Pool(Generic[T]):
             except Exception:
                 logger.exception("pool %r: closing a lingering connection failed", self.name)
         if again:
-            self._schedule_reap(max(delay, 0.01))
+            _concurrency.call_later(max(delay, 0.01), self._reap)
 
     def _give_back_slot(self, state: _ProcessState[T]) -> None:
         with state.lock:

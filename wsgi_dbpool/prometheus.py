@@ -19,7 +19,6 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,8 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+
+from . import _concurrency
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -128,9 +129,7 @@ def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) ->
                 if delta > 0:
                     counter.labels(alias).inc(delta)
                 exported[(alias, name)] = value
-        timer = threading.Timer(interval, copy)  # a greenlet under gevent
-        timer.daemon = True
-        timer.start()
+        _concurrency.call_later(interval, copy)
 
     copy()
 
