@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -562,6 +563,24 @@ def test_call_later_runs_once_after_the_delay_and_logs_an_error(caplog):
     gevent.sleep(0.05)
     assert len(ran) == 1 and ran[0] >= 0.02
     assert "a background task of wsgi_dbpool failed" in caplog.text
+
+
+def test_hold_watch_warns_once_per_long_hold_and_notes_its_end(caplog):
+    from wsgi_dbpool.holds import HoldWatch
+
+    watch = HoldWatch(0.02, ("default",))
+    with caplog.at_level(logging.INFO, logger="wsgi_dbpool"):
+        long = watch.start("GET /report")
+        short = watch.start("GET /quick")
+        watch.finish(short)
+        wait_for(lambda: watch.warned == 1, "the warning")
+        gevent.sleep(0.05)  # later scans do not warn again
+        watch.finish(long)
+    assert watch.warned == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("GET /report has held its connections of 'default'")
+    assert "GET /report released its connections of 'default' after" in caplog.text
+    assert "GET /quick" not in caplog.text
 
 
 # -- ClosingIterable -----------------------------------------------------------------
