@@ -12,8 +12,10 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -525,26 +527,39 @@ def test_stats_count_what_happened(make_pool):
     pool.count("stale")
     pool.count("stale")
     stats = pool.stats()
+    assert list(stats) == [*pool_module.STATS_KEYS, "stale"]  # the documented keys, then events
     assert stats == {
-        "size": 1,
-        "max_outstanding": 1,
-        "idle": 0,
-        "in_use": 0,
-        "waiting": 0,
-        "checkouts": 2,
-        "waits": 2,
-        "wait_seconds": stats["wait_seconds"],
-        "timeouts": 1,
-        "handoffs": 1,
-        "created": 1,
-        "discarded": 1,
+        pool_module.SIZE: 1,
+        pool_module.MAX_OUTSTANDING: 1,
+        pool_module.IDLE: 0,
+        pool_module.IN_USE: 0,
+        pool_module.WAITING: 0,
+        pool_module.CHECKOUTS: 2,
+        pool_module.WAITS: 2,
+        pool_module.WAIT_SECONDS: stats[pool_module.WAIT_SECONDS],
+        pool_module.TIMEOUTS: 1,
+        pool_module.HANDOFFS: 1,
+        pool_module.CREATED: 1,
+        pool_module.DISCARDED: 1,
         "stale": 2,
     }
-    assert 0.005 <= stats["wait_seconds"] < DEADLINE
+    assert 0.005 <= stats[pool_module.WAIT_SECONDS] < DEADLINE
     buckets, seconds, count = pool.wait_histogram()
     assert count == 3 and buckets[-1] == (float("inf"), 3)
     assert seconds == pytest.approx(stats["wait_seconds"], abs=1e-5)
     assert [c for _, c in buckets] == sorted(c for _, c in buckets)  # cumulative
+
+
+def test_every_stats_key_is_documented_and_exported_from_the_one_definition():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Reading `stats()`", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(\w+)`", table))
+    assert set(pool_module.STATS_KEYS) <= documented
+    pytest.importorskip("prometheus_client")
+    from wsgi_dbpool import prometheus
+
+    policy_events = {"opened", "closed", "stale", "dirty"}  # counted by wsgi_dbpool.binding
+    assert set(prometheus.GAUGES) | set(prometheus.COUNTERS) <= set(pool_module.STATS_KEYS) | policy_events
 
 
 # -- background timers ----------------------------------------------------------------

@@ -28,6 +28,25 @@ T = TypeVar("T")
 
 logger = logging.getLogger("wsgi_dbpool")
 
+# The keys of :meth:`Pool.stats`, written once: ``stats()``, the Prometheus exporter and the
+# tests read them from here. Counts are per process, since the last fork.
+SIZE = "size"  # idle objects kept between uses
+MAX_OUTSTANDING = "max_outstanding"  # the cap on slots (None: no cap)
+IDLE = "idle"  # objects idle now, lingering ones included
+IN_USE = "in_use"  # slots taken now: objects checked out, or being created
+WAITING = "waiting"  # callers queued at the cap now
+CHECKOUTS = "checkouts"  # objects handed out
+WAITS = "waits"  # checkouts that had to queue (served or not)
+WAIT_SECONDS = "wait_seconds"  # seconds spent queuing, in total
+TIMEOUTS = "timeouts"  # queued callers that gave up (PoolTimeout)
+HANDOFFS = "handoffs"  # returns handed straight to a waiter
+CREATED = "created"  # objects made
+DISCARDED = "discarded"  # surplus objects disposed of (over size, unusable, reaped)
+STATS_KEYS = (
+    SIZE, MAX_OUTSTANDING, IDLE, IN_USE, WAITING, CHECKOUTS, WAITS, WAIT_SECONDS, TIMEOUTS,
+    HANDOFFS, CREATED, DISCARDED,
+)
+
 # Upper bounds (seconds) of the wait-time histogram; the last bucket is +Inf.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -333,21 +352,22 @@ class Pool(Generic[T]):
         return cumulative, seconds, total
 
     def stats(self) -> dict[str, int | float | None]:
-        """A flat snapshot of this process's counts; see :meth:`PoolingMiddleware.stats`."""
+        """A flat snapshot of this process's counts: the :data:`STATS_KEYS`, then the
+        policy's events (:meth:`count`); see :meth:`PoolingMiddleware.stats`."""
         state = self._current()
         with state.lock:
             return {
-                "size": self.size,
-                "max_outstanding": self.max_outstanding,
-                "idle": len(state.idle),
-                "in_use": state.outstanding,
-                "waiting": len(state.waiters),
-                "checkouts": state.checkouts,
-                "waits": state.waits,
-                "wait_seconds": round(state.wait_seconds, 6),
-                "timeouts": state.timeouts,
-                "handoffs": state.handoffs,
-                "created": state.created,
-                "discarded": state.discarded,
+                SIZE: self.size,
+                MAX_OUTSTANDING: self.max_outstanding,
+                IDLE: len(state.idle),
+                IN_USE: state.outstanding,
+                WAITING: len(state.waiters),
+                CHECKOUTS: state.checkouts,
+                WAITS: state.waits,
+                WAIT_SECONDS: round(state.wait_seconds, 6),
+                TIMEOUTS: state.timeouts,
+                HANDOFFS: state.handoffs,
+                CREATED: state.created,
+                DISCARDED: state.discarded,
                 **state.events,
             }
