@@ -302,7 +302,10 @@ class MariaDBServer(ThrowawayServer):
 
         try:
             self.admin_query(f"KILL {int(connection_id)}")
-        except pymysql.err.MySQLError as exc:
+        # pymysql.MySQLError, not pymysql.err.MySQLError: once Django's backend has imported
+        # MySQLdb.converters (PyMySQL under its MySQLdb alias), the attribute ``pymysql.err``
+        # is a second copy of the module, whose classes are not the ones PyMySQL raises.
+        except pymysql.MySQLError as exc:
             if not exc.args or exc.args[0] != _ER_NO_SUCH_THREAD:
                 raise
 
