@@ -1,12 +1,19 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
+# One version source: wsgi_dbpool/__init__.py (read as text: importing it needs Django).
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$', (HERE / "wsgi_dbpool" / "__init__.py").read_text(encoding="utf-8"), re.M
+).group(1)
+
 setup(
     name="wsgi_dbpool",
-    version="0.1.0",
+    version=VERSION,
     description="A greenlet-shared Django database connection pool for gunicorn gevent workers, as WSGI middleware",
-    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["wsgi_dbpool", "wsgi_dbpool.*"]),

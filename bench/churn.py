@@ -33,8 +33,7 @@ def main() -> None:
     ensure_wrk()
     rows = []
     with MariaDBServer(max_connections=100) as db:
-        db.admin_query("CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40))")
-        db.admin_query("INSERT INTO app.items SELECT seq, CONCAT('item ', seq) FROM app.seq_1_to_1000")
+        db.create_items(rows=1000)
         for stack, label, env in STACKS:
             with serving(stack, db, env) as server:
                 run_wrk(server.url + "/query/", clients=args.clients, seconds=args.warmup)

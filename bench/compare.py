@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.harness import ROOT, PeakSampler, Server, ensure_wrk, run_wrk, serving
 from tests.mariadb import MariaDBServer, ensure_installed
+from tests.servers import child_env
 
 STACKS = {
     "per_request": "CONN_MAX_AGE=0, no pool",
@@ -81,7 +82,7 @@ def streaming(server: Server, db: MariaDBServer, args: argparse.Namespace) -> di
 
 def storm(server: Server, db: MariaDBServer, args: argparse.Namespace) -> dict[str, Any]:
     failed_before, too_many_before = server.failed_requests()
-    sampler = PeakSampler(db)
+    sampler = PeakSampler(db, ignore_errors=True)
     result = run_wrk(server.url + "/hold/", clients=300, seconds=args.storm_seconds, threads=2)
     result["peak"] = sampler.stop()
     failed, too_many = server.failed_requests()
@@ -113,7 +114,7 @@ def storm_limit(db: MariaDBServer, slots: int, seconds: float) -> float:
     50 ms hold back to back, straight through PyMySQL under gevent (no HTTP, no Django)."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.storm_limit", str(db.port), str(slots), str(seconds)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        cwd=ROOT, env=child_env(), capture_output=True, text=True,
         check=True,
     )
     return float(done.stdout.strip())
@@ -244,8 +245,7 @@ def main() -> None:
     ensure_wrk()
     results: dict[str, dict[str, Any]] = {}
     with MariaDBServer(max_connections=100) as db:
-        db.admin_query("CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40))")
-        db.admin_query("INSERT INTO app.items SELECT seq, CONCAT('item ', seq) FROM app.seq_1_to_1000")
+        db.create_items(rows=1000)
         limit = storm_limit(db, args.max_outstanding, args.storm_seconds) if "storm" in scenarios else 0
         # Rated scenarios run in rounds, the stacks interleaved, and report the median
         # round: these 2-core VMs are noisy, and neighbours in time share the noise.

@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 
 import pymysql
+from django.conf import settings
+
+from tests.mariadb import mysql_settings
+from tests.servers import site_settings
 
 pymysql.install_as_MySQLdb()
 
@@ -21,36 +25,24 @@ STACK = os.environ.get("BENCH_STACK", "wsgi_dbpool")
 POOL_SIZE = int(os.environ.get("POOL_SIZE", "4"))
 POOL_MAX = int(os.environ.get("POOL_MAX_OUTSTANDING", "20"))
 
-DEBUG = False
-SECRET_KEY = "bench-only"
-ALLOWED_HOSTS = ["*"]
-ROOT_URLCONF = "bench.djsite"
-INSTALLED_APPS: list[str] = []
-MIDDLEWARE: list[str] = []
-USE_TZ = True
-_database = {
-    "ENGINE": "django.db.backends.mysql",
-    "NAME": "app",
-    "USER": "app",
-    "PASSWORD": "app",
-    "HOST": "127.0.0.1",
-    "PORT": os.environ.get("BENCH_DB_PORT", "3306"),
-    "CONN_MAX_AGE": 0 if STACK in ("per_request", "sqlalchemy") else 60,
-    "OPTIONS": {"charset": "utf8mb4"},
-}
+_database = mysql_settings(
+    os.environ.get("BENCH_DB_PORT", "3306"),
+    conn_max_age=0 if STACK in ("per_request", "sqlalchemy") else 60,
+)
 if STACK == "sqlalchemy":
     # Django "closes" at the end of each request, which returns to SQLAlchemy's pool.
     _database["ENGINE"] = "dj_db_conn_pool.backends.mysql"
     _database["POOL_OPTIONS"] = {"POOL_SIZE": POOL_SIZE, "MAX_OVERFLOW": POOL_MAX - POOL_SIZE}
-DATABASES = {"default": _database}
-LOGGING = {  # each failed request is logged, so the harness can count "Too many connections"
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False}},
-}
-
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.djsite")
+settings.configure(**site_settings(
+    {"default": _database}, urlconf="bench.djsite", SECRET_KEY="bench-only",
+    LOGGING_CONFIG="logging.config.dictConfig",
+    LOGGING={  # each failed request is logged, so the harness can count "Too many connections"
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"console": {"class": "logging.StreamHandler"}},
+        "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False}},
+    },
+))
 
 from collections.abc import Iterator  # noqa: E402
 

@@ -34,16 +34,12 @@ def setup_django(path: str) -> None:
     import django
     from django.conf import settings
 
-    settings.configure(
-        DEBUG=False,
+    from tests.servers import site_settings
+
+    settings.configure(**site_settings(
+        {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "CONN_MAX_AGE": None}},
         SECRET_KEY="bench",
-        ALLOWED_HOSTS=["*"],
-        INSTALLED_APPS=[],
-        DATABASES={
-            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "CONN_MAX_AGE": None}
-        },
-        LOGGING_CONFIG=None,
-    )
+    ))
     django.setup()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql  # noqa: E402
+from tests.servers import site_settings  # noqa: E402
 
 
 def median_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -38,7 +39,7 @@ def main() -> None:
     from django.conf import settings
 
     with MariaDBServer() as db:
-        settings.configure(DATABASES={"default": db.django_settings()}, INSTALLED_APPS=[])
+        settings.configure(**site_settings({"default": db.django_settings()}))
         django.setup()
         from django.db import connections
 

@@ -72,8 +72,7 @@ def main() -> None:
     faults: list[str] = []
     loads: dict[str, dict[str, Any]] = {}
     with MariaDBServer(max_connections=100) as db:
-        db.admin_query("CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40))")
-        db.admin_query("INSERT INTO app.items SELECT seq, CONCAT('item ', seq) FROM app.seq_1_to_1000")
+        db.create_items(rows=1000)
         server = Server("wsgi_dbpool", db, {"POOL_MAX_OUTSTANDING": "20", "BENCH_WORKERS": "2"})
         try:
             def load(name: str, path: str, clients: int) -> None:

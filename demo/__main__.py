@@ -13,15 +13,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.servers import Gunicorn, child_env  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -31,7 +33,6 @@ def database(kind: str) -> Iterator[tuple[dict[str, str], str]]:
         yield {}, "DATABASE_URL=" + os.environ["DATABASE_URL"].split("@")[-1]
         return
     if kind == "mariadb":
-        sys.path.insert(0, str(ROOT))
         from tests.mariadb import MariaDBServer, ensure_installed
 
         ensure_installed()
@@ -50,17 +51,6 @@ def run_django(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, "-m", "django", *args], cwd=ROOT, env=env, check=True)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited with status {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"gunicorn did not listen on port {port} within {timeout:.0f}s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -77,19 +67,18 @@ def main() -> None:
     signal.signal(signal.SIGINT, ask_stop)
 
     with database(args.db) as (db_env, description):
-        env = {
-            **os.environ, **db_env, "DJANGO_SETTINGS_MODULE": "demo.settings",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
+        env = child_env(**db_env, DJANGO_SETTINGS_MODULE="demo.settings")
         run_django(env, "migrate", "--no-input", "-v", "0")
         subprocess.run([sys.executable, "-m", "demo.seed"], cwd=ROOT, env=env, check=True)
-        gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "demo/gunicorn_conf.py",
-             "-w", str(args.workers), "-b", f"127.0.0.1:{args.port}", "demo.wsgi:application"],
-            cwd=ROOT, env=env, start_new_session=True,
+        gunicorn = Gunicorn(
+            "demo.wsgi:application", config="demo/gunicorn_conf.py", args=["-w", str(args.workers)],
+            env=env, port=args.port, capture=False,
         )
         try:
-            wait_for_port(args.port, gunicorn)
+            try:
+                gunicorn.wait_listening()
+            except RuntimeError as exc:
+                raise SystemExit(str(exc)) from None
             pool = "off (POOL=off)" if env.get("POOL") == "off" else (
                 f"size={env.get('POOL_SIZE', '4')} max_outstanding={env.get('POOL_MAX_OUTSTANDING', '20')} "
                 f"timeout={env.get('POOL_TIMEOUT', '10')}s"
@@ -105,16 +94,10 @@ def main() -> None:
                 f"  Ctrl-C stops everything this started.\n",
                 flush=True,
             )
-            while not stop["asked"] and gunicorn.poll() is None:
+            while not stop["asked"] and gunicorn.process.poll() is None:
                 time.sleep(0.2)
         finally:
-            if gunicorn.poll() is None:
-                gunicorn.send_signal(signal.SIGTERM)
-                try:
-                    gunicorn.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(gunicorn.pid, signal.SIGKILL)
-                    gunicorn.wait(timeout=10)
+            gunicorn.stop()
             print("demo stopped", flush=True)
 
 

@@ -11,13 +11,9 @@ user, connections left open afterwards, and the errors clients got.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -27,18 +23,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from demo.__main__ import wait_for_port  # noqa: E402
 from tests.mariadb import MariaDBServer, ensure_installed  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.servers import Gunicorn, PeakSampler, child_env  # noqa: E402
 
 
 def fetch(url: str) -> tuple[int, str]:
@@ -78,61 +67,31 @@ def burst(url: str, requests: int, concurrency: int, label: str) -> list[tuple[i
 
 
 def run_once(db: MariaDBServer, pooled: bool, args: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "demo.settings",
-        "DEMO_DATABASE": json.dumps(db.django_settings(conn_max_age=60)),
-        "PYTHONPATH": str(ROOT),
-        "POOL": "on" if pooled else "off",
-        "POOL_SIZE": "4",
-        "POOL_MAX_OUTSTANDING": str(args.max_outstanding),
-        "POOL_TIMEOUT": "30",
-    }
-    db.kill_user("app")
-    log = tempfile.TemporaryFile(mode="w+")  # Django logs each failed request here
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "demo/gunicorn_conf.py", "-w", "1",
-         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "demo.wsgi:application"],
-        cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+    env = child_env(
+        DJANGO_SETTINGS_MODULE="demo.settings",
+        DEMO_DATABASE=json.dumps(db.django_settings(conn_max_age=60)),
+        POOL="on" if pooled else "off",
+        POOL_SIZE="4",
+        POOL_MAX_OUTSTANDING=str(args.max_outstanding),
+        POOL_TIMEOUT="30",
     )
-    peak = 0
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            with contextlib.suppress(Exception):
-                peak = max(peak, db.connection_count("app"))
-            time.sleep(0.02)
-
-    try:
-        wait_for_port(port, gunicorn)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        label = "with PoolingMiddleware" if pooled else "plain Django (CONN_MAX_AGE=60)"
-        url = f"http://127.0.0.1:{port}/slow?seconds={args.hold}"
-        started = time.monotonic()
-        results = burst(url, args.requests, args.concurrency, label)
-        elapsed = time.monotonic() - started
-        time.sleep(1.0)
-        sampling = False
-        sampler.join(timeout=5)
+    db.kill_user("app")
+    # Django logs each failed request into the captured output, with its traceback.
+    with Gunicorn("demo.wsgi:application", config="demo/gunicorn_conf.py",
+                  args=["-w", "1", "--log-level", "warning"], env=env) as gunicorn:
+        with PeakSampler(db, ignore_errors=True) as sampler:
+            label = "with PoolingMiddleware" if pooled else "plain Django (CONN_MAX_AGE=60)"
+            url = f"{gunicorn.url}/slow?seconds={args.hold}"
+            started = time.monotonic()
+            results = burst(url, args.requests, args.concurrency, label)
+            elapsed = time.monotonic() - started
+            time.sleep(1.0)
         left_1s = db.connection_count("app")
         time.sleep(5.5)  # past the pool's linger (5 s): surplus connections close
         left = db.connection_count("app")
-    finally:
-        sampling = False
-        gunicorn.send_signal(signal.SIGTERM)
-        try:
-            gunicorn.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(gunicorn.pid, signal.SIGKILL)
-    log.seek(0)
-    # One "Internal Server Error" record per failed request, each with its traceback.
-    records = log.read().split("Internal Server Error")[1:]
+        # One "Internal Server Error" record per failed request, each with its traceback.
+        records = gunicorn.output().split("Internal Server Error")[1:]
     too_many = sum("Too many connections" in record for record in records)
-    log.close()
     errors = [body for status, body in results if status != 200]
     return {
         "stack": f"wsgi_dbpool (size 4, max_outstanding {args.max_outstanding})" if pooled
@@ -141,7 +100,7 @@ def run_once(db: MariaDBServer, pooled: bool, args: argparse.Namespace) -> dict[
         "ok": len(results) - len(errors),
         "errors": len(errors),
         "too_many": too_many,
-        "peak": peak,
+        "peak": sampler.peak,
         "left_1s": left_1s,
         "left": left,
         "seconds": elapsed,
@@ -159,8 +118,9 @@ def main() -> None:
 
     ensure_installed()
     with MariaDBServer(max_connections=args.max_connections) as db:
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "demo.settings", "PYTHONPATH": str(ROOT),
-               "DEMO_DATABASE": json.dumps(db.django_settings())}
+        env = child_env(
+            DJANGO_SETTINGS_MODULE="demo.settings", DEMO_DATABASE=json.dumps(db.django_settings())
+        )
         subprocess.run([sys.executable, "-m", "django", "migrate", "--no-input", "-v", "0"],
                        cwd=ROOT, env=env, check=True)
         subprocess.run([sys.executable, "-m", "demo.seed"], cwd=ROOT, env=env, check=True)

@@ -6,47 +6,26 @@ import os
 
 
 def setup_django() -> None:
-    from tests.mariadb import install_pymysql
-
-    install_pymysql()
-    if "TEST_PGBOUNCER_PORT" in os.environ:  # PostgreSQL behind PgBouncer in transaction mode
-        database = {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": "app", "USER": "app", "PASSWORD": "app",
-            "HOST": "127.0.0.1", "PORT": os.environ["TEST_PGBOUNCER_PORT"],
-            "CONN_MAX_AGE": 60,
-            # Transaction pooling: no server-side cursors, no prepared statements (a later
-            # transaction may run on another server connection).
-            "DISABLE_SERVER_SIDE_CURSORS": True,
-            "OPTIONS": {"prepare_threshold": None},
-        }
-        _configure(database)
-        return
-    database = {
-        "ENGINE": "django.db.backends.mysql",
-        "NAME": "app",
-        "USER": "app",
-        "PASSWORD": "app",
-        "HOST": "127.0.0.1",
-        "PORT": os.environ["TEST_MARIADB_PORT"],
-        "CONN_MAX_AGE": 60,
-    }
-    _configure(database)
-
-
-def _configure(database: dict) -> None:
+    """Configure Django on ``TEST_PGBOUNCER_PORT`` (PostgreSQL behind PgBouncer in
+    transaction mode) when set, else on the MariaDB at ``TEST_MARIADB_PORT``."""
     import django
     from django.conf import settings
 
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="tests-only",
-        ALLOWED_HOSTS=["*"],
-        ROOT_URLCONF="tests.site",
-        INSTALLED_APPS=[],
-        DATABASES={"default": database},
-        LOGGING_CONFIG=None,
-    )
+    from tests.mariadb import install_pymysql, mysql_settings
+    from tests.postgres import postgres_settings
+    from tests.servers import site_settings
+
+    install_pymysql()
+    if "TEST_PGBOUNCER_PORT" in os.environ:
+        # Transaction pooling: no server-side cursors, no prepared statements (a later
+        # transaction may run on another server connection).
+        database = postgres_settings(
+            os.environ["TEST_PGBOUNCER_PORT"], options={"prepare_threshold": None},
+            DISABLE_SERVER_SIDE_CURSORS=True,
+        )
+    else:
+        database = mysql_settings(os.environ["TEST_MARIADB_PORT"])
+    settings.configure(**site_settings({"default": database}, urlconf="tests.site"))
     django.setup()
 
 

@@ -1,9 +1,14 @@
-"""Session fixtures: a throwaway MariaDB, a configured Django, servers and clients.
+"""Fixtures: throwaway MariaDB and PostgreSQL servers, a configured Django, app factories.
 
 The suite runs under gevent: ``make test`` starts pytest through
 ``python -m gevent.monkey --module pytest`` so that everything is patched before any
 module is imported. Tests that need an unpatched process (plain threads, gunicorn
 ``--preload``) run their own subprocess.
+
+Servers start once per session, and only when a test asks for one: Django is configured
+with the ports reserved up front, so a test that needs Django but no server (argument
+checks) starts nothing. A test is marked by the servers its fixtures start (``mariadb``,
+``postgresql``), and the tests that need no server run first.
 """
 
 from __future__ import annotations
@@ -13,26 +18,50 @@ import gevent.monkey
 if not gevent.monkey.is_module_patched("socket"):  # plain `pytest`: patch as early as we can
     gevent.monkey.patch_all()
 
-import contextlib
-import http.client
-import json
-import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import gevent
-import gevent.pywsgi
 import pytest
 
+from tests import mariadb as mariadb_harness
+from tests import pgbouncer as pgbouncer_harness
+from tests import postgres as postgres_harness
 from tests.faultproxy import FaultProxy
-from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
+from tests.helpers import Backend, wait_until
+from tests.mariadb import MariaDBServer, install_pymysql
+from tests.pgbouncer import PgBouncer
 from tests.postgres import PostgresServer
+from tests.servers import free_port, site_settings
 
-ITEMS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS app.items "
-    "(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL) ENGINE=InnoDB"
-)
+# A test whose fixtures include one of these gets the marker: the server it starts.
+SERVER_MARKERS = {"mariadb": "mariadb", "postgres": "postgresql", "pgbouncer": "postgresql"}
+
+
+# -- collection ---------------------------------------------------------------------
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"mariadb: {mariadb_harness.version() or 'not installed (the harness installs it when needed)'}",
+        f"postgresql: {postgres_harness.version() or 'not installed (the harness installs it when needed)'}",
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        for fixture, marker in SERVER_MARKERS.items():
+            if fixture in fixtures and not item.get_closest_marker(marker):
+                item.add_marker(marker)
+
+    def starts_something(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(m) for m in ("mariadb", "postgresql", "demo", "slow"))
+
+    items.sort(key=starts_something)  # stable: server-free tests first, each group in file order
+
+
+# -- servers -------------------------------------------------------------------------
 
 
 # A strict sql_mode, a time zone and a user variable, set by the alias's init_command,
@@ -54,105 +83,128 @@ OTHER_SCHEMA = (
 
 
 @pytest.fixture(scope="session")
-def mariadb() -> Iterator[MariaDBServer]:
-    ensure_installed()
-    server = MariaDBServer(max_connections=200)
-    server.start()
-    server.admin_query(ITEMS_TABLE)
-    for statement in OTHER_SCHEMA:
-        server.admin_query(statement)
-    try:
-        yield server
-    finally:
-        server.stop()
+def mariadb_port() -> int:
+    """The port the session's MariaDB will listen on, fixed before anything starts."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")
-def fault_proxy(mariadb: MariaDBServer) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(mariadb.port)
+def postgres_port() -> int:
+    """The port the session's PostgreSQL will listen on, fixed before anything starts."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def mariadb(mariadb_port: int) -> Iterator[MariaDBServer]:
+    """The session's MariaDB, started at the first test that needs it."""
+    mariadb_harness.ensure_installed()
+    with MariaDBServer(port=mariadb_port, max_connections=200) as server:
+        server.create_items()
+        for statement in OTHER_SCHEMA:
+            server.admin_query(statement)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_port: int) -> Iterator[PostgresServer]:
+    """The session's PostgreSQL, started at the first test that needs it."""
+    postgres_harness.ensure_installed()
+    with PostgresServer(port=postgres_port) as server:
+        server.create_items()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fault_proxy(mariadb_port: int) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(mariadb_port)
     yield proxy
     proxy.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer(port=_free_port())
-    server.start()
-    import psycopg
+@pytest.fixture
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A small PostgreSQL (``max_connections=10``: 7 for clients) behind a PgBouncer in
+    transaction mode with a server pool of 4; both gone after the test."""
+    postgres_harness.ensure_installed()
+    pgbouncer_harness.ensure_installed()
+    with PostgresServer(max_connections=10) as small:
+        bouncer = PgBouncer(small, port=free_port(), pool_size=4)
+        try:
+            yield bouncer
+        finally:
+            bouncer.stop()
 
-    with psycopg.connect(host="127.0.0.1", port=server.port, user="app", password="app",
-                         dbname="app", autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id SERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL)")
-    try:
-        yield server
-    finally:
-        server.stop()
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# -- Django ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def django_site(
-    mariadb: MariaDBServer, fault_proxy: FaultProxy, postgres: PostgresServer
-) -> MariaDBServer:
-    """Django configured once for the session, every alias on the throwaway server.
+def django_site(mariadb_port: int, fault_proxy: FaultProxy, postgres_port: int) -> None:
+    """Django configured once for the session, every alias on the throwaway servers.
 
-    ``proxied`` reaches it through the fault-injecting proxy, with the driver timeouts
-    the README recommends, so that a network fault ends in an error, never a hang.
+    Configuring connects to nothing, so no server is started here: the fixtures that
+    need one (``db``, ``pg_db``) start it. ``proxied`` reaches MariaDB through the
+    fault-injecting proxy, with the driver timeouts the README recommends, so that a
+    network fault ends in an error, never a hang.
     """
     import django
     from django.conf import settings
 
     install_pymysql()
-    proxied = mariadb.django_settings(
-        conn_max_age=60, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
-    )
-    proxied["PORT"] = str(fault_proxy.port)
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="tests-only",
-        ALLOWED_HOSTS=["*"],
-        ROOT_URLCONF="tests.site",
-        INSTALLED_APPS=[],
-        MIDDLEWARE=[],
-        USE_TZ=True,
-        LOGGING_CONFIG=None,
-        DATABASES={
-            "default": mariadb.django_settings(conn_max_age=60),
-            "other": mariadb.django_settings(conn_max_age=60),
-            "short": mariadb.django_settings(conn_max_age=1),
-            "proxied": proxied,
-            "pg": postgres.django_settings(conn_max_age=60),
-            # Connect options a session reset must not forget (tests/test_clean.py).
-            "tuned": mariadb.django_settings(conn_max_age=60, options=TUNED_OPTIONS),
-            "pg_tuned": postgres.django_settings(conn_max_age=60, options=PG_TUNED_OPTIONS),
-        },
-    )
+    mysql = mariadb_harness.mysql_settings
+    settings.configure(**site_settings({
+        "default": mysql(mariadb_port),
+        "other": mysql(mariadb_port),
+        "short": mysql(mariadb_port, conn_max_age=1),
+        "proxied": mysql(
+            fault_proxy.port, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
+        ),
+        "pg": postgres_harness.postgres_settings(postgres_port),
+        # Connect options a session reset must not forget (tests/test_clean.py).
+        "tuned": mysql(mariadb_port, options=TUNED_OPTIONS),
+        "pg_tuned": postgres_harness.postgres_settings(postgres_port, options=PG_TUNED_OPTIONS),
+    }, urlconf="tests.site"))
     django.setup()
-    return mariadb
 
 
 @pytest.fixture
-def db(django_site: MariaDBServer) -> Iterator[MariaDBServer]:
-    """The server, with no app connection left over from an earlier test."""
-    if not django_site.running:  # a fault test that failed half-way
-        django_site.start_again()
-    django_site.kill_user("app")
-    wait_until(lambda: django_site.connection_count("app") == 0, what="app connections gone")
-    django_site.admin_query("TRUNCATE TABLE app.items")
-    django_site.admin_query("TRUNCATE TABLE app_other.items")
-    django_site.admin_query("TRUNCATE TABLE app.short_names")
-    yield django_site
+def db(mariadb: MariaDBServer, django_site: None) -> Iterator[MariaDBServer]:
+    """The MariaDB server, with no app connection left over from an earlier test."""
+    if not mariadb.running:  # a fault test that failed half-way
+        mariadb.start_again()
+    mariadb.kill_user("app")
+    wait_until(lambda: mariadb.connection_count("app") == 0, what="app connections gone")
+    mariadb.admin_query("TRUNCATE TABLE app.items")
+    mariadb.admin_query("TRUNCATE TABLE app_other.items")
+    mariadb.admin_query("TRUNCATE TABLE app.short_names")
+    yield mariadb
 
 
 @pytest.fixture
-def make_app(db: MariaDBServer) -> Iterator[Callable[..., Any]]:
+def pg_db(postgres: PostgresServer, django_site: None) -> PostgresServer:
+    """The PostgreSQL server, with no app connection left over and ``items`` empty."""
+    postgres.kill_user("app")
+    wait_until(lambda: postgres.connection_count("app") == 0, what="pg connections gone")
+    postgres.app_query("TRUNCATE items")
+    wait_until(lambda: postgres.connection_count("app") == 0, what="the truncating connection gone")
+    return postgres
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each backend in turn, ready as ``db`` / ``pg_db`` make it; marked by the one it starts."""
+    if request.param == "mariadb":
+        return Backend("default", request.getfixturevalue("db"), "SELECT CONNECTION_ID()", "SELECT SLEEP(%s)")
+    return Backend("pg", request.getfixturevalue("pg_db"), "SELECT pg_backend_pid()", "SELECT pg_sleep(%s)")
+
+
+@pytest.fixture
+def make_app(django_site: None) -> Iterator[Callable[..., Any]]:
     """Builds a PoolingMiddleware over Django's handler; checks for leaks afterwards."""
     from django.core.wsgi import get_wsgi_application
 
@@ -173,102 +225,3 @@ def make_app(db: MariaDBServer) -> Iterator[Callable[..., Any]]:
             what="every connection returned",
         )
         app.close()
-
-
-def wait_until(
-    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        gevent.sleep(0.01)
-
-
-class PeakConnections:
-    """Samples the app user's server connections in a greenlet; ``peak`` is the most seen."""
-
-    def __init__(self, db: MariaDBServer, every: float = 0.005) -> None:
-        self.peak = 0
-        self._running = True
-
-        def sample() -> None:
-            while self._running:
-                self.peak = max(self.peak, db.connection_count("app"))
-                gevent.sleep(every)
-
-        self._greenlet = gevent.spawn(sample)
-
-    def __enter__(self) -> PeakConnections:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._running = False
-        self._greenlet.join(timeout=5)
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """A real gevent WSGI server on a free loopback port; yields its address."""
-    server = gevent.pywsgi.WSGIServer(
-        ("127.0.0.1", 0), app, log=None, error_log=logging.getLogger("pywsgi")
-    )
-    server.start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.stop(timeout=5)
-
-
-class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def lines(self) -> list[Any]:
-        return [json.loads(line) for line in self.body.splitlines() if line.strip()]
-
-
-def get(address: str, path: str, *, timeout: float = 20.0, method: str = "GET") -> Response:
-    """One HTTP request on a new connection (cooperative under gevent)."""
-    host, port = address.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request(method, path)
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
-def environ_for(path: str) -> dict[str, Any]:
-    """A WSGI environ for a GET of ``path``, as a server would build it."""
-    from webob import Request
-
-    return dict(Request.blank(path).environ)
-
-
-def call(app: Any, path: str, **environ: Any) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Call a WSGI app in-process like a well-behaved server: iterate, then close()."""
-    from webob import Request
-
-    captured: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured["status"], captured["headers"] = status, headers
-        return lambda data: None
-
-    env = Request.blank(path).environ
-    env.update(environ)
-    result = app(env, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], captured["headers"], body

@@ -24,42 +24,29 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from tests.servers import ThrowawayServer, apt_install, free_port, run_until_interrupted, stop_process, which
+
 logger = logging.getLogger("tests.mariadb")
 
-_SEARCH = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 _ER_NO_SUCH_THREAD = 1094  # "Unknown thread id": KILL of a connection that already ended
-
-
-def _which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in _SEARCH:
-        candidate = os.path.join(folder, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def ensure_installed() -> None:
     """Install Debian's MariaDB server when it is missing (we run as root on CI)."""
-    if _which("mariadbd") and _which("mariadb-install-db"):
+    if which("mariadbd") and which("mariadb-install-db"):
         return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "mariadb-server", "mariadb-client"],
-            check=True, env=env,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise RuntimeError(
-            f"MariaDB is not installed and installing it failed ({exc}); install the "
-            f"Debian packages mariadb-server and mariadb-client (as root: apt-get "
-            f"install mariadb-server mariadb-client)"
-        ) from exc
-    if not _which("mariadbd"):
+    apt_install("mariadb-server", "mariadb-client")
+    if not which("mariadbd"):
         raise RuntimeError("apt-get installed mariadb-server but no mariadbd binary was found")
+
+
+def version() -> str | None:
+    """``mariadbd --version`` without starting anything (None when not installed)."""
+    mariadbd = which("mariadbd")
+    if mariadbd is None:
+        return None
+    done = subprocess.run([mariadbd, "--version"], capture_output=True, text=True, timeout=10)
+    return done.stdout.strip() or None
 
 
 def install_pymysql() -> None:
@@ -74,13 +61,25 @@ def install_pymysql() -> None:
     pymysql.install_as_MySQLdb()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def mysql_settings(
+    port: int | str, *, conn_max_age: int | None = 60, options: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A ``DATABASES`` entry for the ``app`` user of a server on ``port`` (for the
+    subprocesses that know only the port; :meth:`MariaDBServer.django_settings` in-process)."""
+    return {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": MariaDBServer.database,
+        "USER": MariaDBServer.user,
+        "PASSWORD": MariaDBServer.password,
+        "HOST": MariaDBServer.host,
+        "PORT": str(port),
+        "CONN_MAX_AGE": conn_max_age,
+        "OPTIONS": {"charset": "utf8mb4", **(options or {})},
+        **extra,
+    }
 
 
-class MariaDBServer:
+class MariaDBServer(ThrowawayServer):
     """One ``mariadbd`` in a temporary datadir, for as long as the caller needs it."""
 
     host = "127.0.0.1"
@@ -95,7 +94,7 @@ class MariaDBServer:
         max_connections: int = 100,
         extra_args: Sequence[str] = (),
     ) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.max_connections = max_connections
         self.extra_args = list(extra_args)
         self.basedir = tempfile.mkdtemp(prefix="wsgi_dbpool-mariadb-")
@@ -120,7 +119,7 @@ class MariaDBServer:
         return self
 
     def _install_datadir(self) -> None:
-        installer = _which("mariadb-install-db") or _which("mysql_install_db")
+        installer = which("mariadb-install-db") or which("mysql_install_db")
         if installer is None:
             raise RuntimeError("mariadb-install-db not found: run ensure_installed() first")
         done = subprocess.run(
@@ -134,7 +133,7 @@ class MariaDBServer:
             raise RuntimeError(f"mariadb-install-db failed:\n{done.stdout}\n{done.stderr}")
 
     def _spawn(self) -> None:
-        mariadbd = _which("mariadbd") or _which("mysqld")
+        mariadbd = which("mariadbd") or which("mysqld")
         if mariadbd is None:
             raise RuntimeError("mariadbd not found: run ensure_installed() first")
         args = [
@@ -164,10 +163,9 @@ class MariaDBServer:
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
+                    tail = self._log_tail()  # before stop() removes the log
                     self.stop()
-                    raise RuntimeError(
-                        f"mariadbd did not answer within 60 s ({exc}):\n{self._log_tail()}"
-                    ) from None
+                    raise RuntimeError(f"mariadbd did not answer within 60 s ({exc}):\n{tail}") from None
                 time.sleep(0.05)
 
     def _create_app_user(self) -> None:
@@ -182,23 +180,13 @@ class MariaDBServer:
         ):
             self.admin_query(statement)
 
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.error_log_path, encoding="utf-8", errors="replace") as fh:
-                return "".join(fh.readlines()[-lines:])
-        except OSError:
-            return "(no error log)"
+    def _log_tail(self) -> str:
+        return self._tail(self.error_log_path)
 
     def _terminate(self, sig: int) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None:
+            stop_process(process, sig=sig, timeout=30)
 
     def stop(self) -> None:
         """Shut the server down and remove its files; safe to call twice."""
@@ -219,20 +207,9 @@ class MariaDBServer:
         self._spawn()
 
     @property
-    def running(self) -> bool:
-        """Whether the ``mariadbd`` this object started is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    @property
     def pid(self) -> int | None:
         """The ``mariadbd`` process id while one is started, for tests that check it is gone."""
         return self._process.pid if self._process is not None else None
-
-    def __enter__(self) -> MariaDBServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- Django -------------------------------------------------------------------
 
@@ -240,17 +217,20 @@ class MariaDBServer:
         self, *, conn_max_age: int | None = 60, options: dict[str, Any] | None = None, **extra: Any
     ) -> dict[str, Any]:
         """A ``DATABASES`` entry for the application user."""
-        return {
-            "ENGINE": "django.db.backends.mysql",
-            "NAME": self.database,
-            "USER": self.user,
-            "PASSWORD": self.password,
-            "HOST": self.host,
-            "PORT": str(self.port),
-            "CONN_MAX_AGE": conn_max_age,
-            "OPTIONS": {"charset": "utf8mb4", **(options or {})},
-            **extra,
-        }
+        return mysql_settings(self.port, conn_max_age=conn_max_age, options=options, **extra)
+
+    def create_items(self, rows: int = 0) -> None:
+        """The ``items`` table the test and bench views query, with ``rows`` rows named
+        ``item 1`` to ``item N`` (already there: left as it is)."""
+        self.admin_query(
+            f"CREATE TABLE IF NOT EXISTS {self.database}.items "
+            "(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL) ENGINE=InnoDB"
+        )
+        if rows:
+            self.admin_query(
+                f"INSERT IGNORE INTO {self.database}.items "
+                f"SELECT seq, CONCAT('item ', seq) FROM {self.database}.seq_1_to_{int(rows)}"
+            )
 
     # -- what the server says -------------------------------------------------------
 
@@ -322,7 +302,10 @@ class MariaDBServer:
 
         try:
             self.admin_query(f"KILL {int(connection_id)}")
-        except pymysql.err.MySQLError as exc:
+        # pymysql.MySQLError, not pymysql.err.MySQLError: once Django's backend has imported
+        # MySQLdb.converters (PyMySQL under its MySQLdb alias), the attribute ``pymysql.err``
+        # is a second copy of the module, whose classes are not the ones PyMySQL raises.
+        except pymysql.MySQLError as exc:
             if not exc.args or exc.args[0] != _ER_NO_SUCH_THREAD:
                 raise
 
@@ -341,21 +324,15 @@ class MariaDBServer:
 
 def main() -> None:
     """``python -m tests.mariadb``: one server for a person to poke at, until Ctrl-C."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # A plain SIGTERM would end Python without running atexit, leaving mariadbd behind;
-    # SIGINT is set explicitly because a shell starts background jobs with it ignored.
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
     ensure_installed()
-    with MariaDBServer() as server:
-        print(f"mysql://{server.user}:{server.password}@{server.host}:{server.port}/{server.database}")
-        print(f"admin: mariadb --socket={server.socket_path} -uroot   (Ctrl-C stops and cleans up)")
-        with contextlib.suppress(KeyboardInterrupt):
-            while server.running:
-                time.sleep(1)
+    server = MariaDBServer()
+    run_until_interrupted(
+        server,
+        lambda: (
+            f"mysql://{server.user}:{server.password}@{server.host}:{server.port}/{server.database}\n"
+            f"admin: mariadb --socket={server.socket_path} -uroot   (Ctrl-C stops and cleans up)"
+        ),
+    )
 
 
 if __name__ == "__main__":

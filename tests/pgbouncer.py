@@ -5,42 +5,29 @@ PgBouncer refuses to run as root, so it runs as the cluster's system user.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 
 from tests.postgres import OS_USER, PostgresServer
-
-
-def _psql() -> str:
-    """psql speaks the simple query protocol PgBouncer's admin console wants."""
-    found = shutil.which("psql")
-    if not found:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql-client"], check=True, env=env)
-        found = shutil.which("psql") or "psql"
-    return found
+from tests.servers import ensure_binary, stop_process, wait_for_port, which
 
 
 def ensure_installed() -> str:
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
-    if not found:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True, env=env)
-        found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    return found
+    """The ``pgbouncer`` binary, installed from Debian when missing."""
+    return ensure_binary("pgbouncer", "pgbouncer")
 
 
 class PgBouncer:
+    """One ``pgbouncer`` in transaction mode in front of ``server``, ``pool_size`` server
+    connections at most; call :func:`ensure_installed` first."""
+
     def __init__(self, server: PostgresServer, *, port: int, pool_size: int) -> None:
-        self.binary = ensure_installed()
+        self.binary = which("pgbouncer") or "pgbouncer"
+        self.server = server
         self.port = port
         self.basedir = tempfile.mkdtemp(prefix="wsgi_dbpool-pgbouncer-")
         account = pwd.getpwnam(OS_USER)
@@ -60,30 +47,25 @@ class PgBouncer:
             )
         self.process = subprocess.Popen([self.binary, config], user=OS_USER,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = open(os.path.join(self.basedir, "pgbouncer.log")).read()[-2000:]
-                self.stop()
-                raise RuntimeError(f"pgbouncer did not start:\n{log}")
-            time.sleep(0.05)
+        wait_for_port(port, process=self.process, timeout=20, what="pgbouncer", details=self._log_tail)
+
+    def _log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.basedir, "pgbouncer.log"), encoding="utf-8", errors="replace") as fh:
+                return fh.read()[-2000:]
+        except OSError:
+            return "(no pgbouncer log)"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        """Stop it (SIGINT: PgBouncer's immediate shutdown) and remove its files."""
+        stop_process(self.process, sig=signal.SIGINT, timeout=10)
         shutil.rmtree(self.basedir, ignore_errors=True)
 
     def clients(self) -> int:
         """Client connections PgBouncer holds now (its admin console's SHOW CLIENTS)."""
         done = subprocess.run(
-            [_psql(), "-h", "127.0.0.1", "-p", str(self.port), "-U", "app", "-At", "pgbouncer",
-             "-c", "SHOW CLIENTS"],
+            [ensure_binary("psql", "postgresql-client"), "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", "app", "-At", "pgbouncer", "-c", "SHOW CLIENTS"],
             capture_output=True, text=True, env={**os.environ, "PGPASSWORD": "app"}, timeout=10,
         )
         return len([line for line in done.stdout.splitlines() if line.strip()]) - 1  # not psql

@@ -6,38 +6,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
-import pytest
 
-from tests.conftest import PeakConnections, call, get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
-
-
-@dataclass
-class Backend:
-    alias: str
-    server: Any
-    connection_id_sql: str
-    sleep_sql: str
-
-
-@pytest.fixture(params=["mariadb", "postgresql"])
-def backend(request, db, postgres) -> Backend:
-    if request.param == "mariadb":
-        return Backend("default", db, "SELECT CONNECTION_ID()", "SELECT SLEEP(%s)")
-    postgres.kill_user("app")
-    wait_until(lambda: postgres.connection_count("app") == 0, what="pg connections gone")
-    postgres.admin_query("SELECT 1")
-    import psycopg
-
-    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="app", password="app",
-                         dbname="app", autocommit=True) as conn:
-        conn.execute("TRUNCATE items")
-    return Backend("pg", postgres, "SELECT pg_backend_pid()", "SELECT pg_sleep(%s)")
+from tests.helpers import call, get, serve, wait_until
+from tests.servers import PeakSampler
 
 
 def _run(alias: str, sql: str, params: Any = None) -> Any:
@@ -67,7 +41,7 @@ def test_streaming_response_keeps_its_connection(make_app, backend):
 
 def test_bounded_under_300_clients(make_app, backend):
     app = make_app(aliases=[backend.alias], size=2, max_outstanding=5, timeout=30, linger=0)
-    with PeakConnections(backend.server) as connections, serve(app) as address:
+    with PeakSampler(backend.server, every=0.005) as connections, serve(app) as address:
         jobs = [gevent.spawn(get, address, f"/b/sleep/20/?alias={backend.alias}", timeout=60)
                 for _ in range(300)]
         gevent.joinall(jobs, timeout=90, raise_error=True)

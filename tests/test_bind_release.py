@@ -8,9 +8,7 @@ import logging
 import gevent
 import pytest
 
-from tests.conftest import call, get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import call, get, serve, wait_until
 
 
 def test_sequential_requests_share_one_server_connection(make_app, db):

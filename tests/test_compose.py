@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.conftest import call, get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import call, get, serve, wait_until
 
 
 class Outer:

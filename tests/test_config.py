@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.mariadb
-
 
 def _app(environ, start_response):  # a stand-in inner app; never called here
     raise AssertionError("not called")
@@ -98,7 +96,7 @@ def test_misconfigured_engine_fails_at_construction(django_site):
 
 
 def test_close_twice_is_a_no_op(make_app, db):
-    from tests.conftest import call
+    from tests.helpers import call
 
     app = make_app(size=1)
     call(app, "/id/")

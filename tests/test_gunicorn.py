@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import gevent
 import pytest
 
-from tests.conftest import get, wait_until
-
-pytestmark = pytest.mark.mariadb
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def gunicorn(db, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    environ = {**os.environ, "TEST_MARIADB_PORT": str(db.port), "PYTHONPATH": str(ROOT), **env}
-    environ.pop("DJANGO_SETTINGS_MODULE", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "tests/gunicorn_conf.py",
-         "-b", f"127.0.0.1:{port}", *args, "tests.gunicorn_app:application"],
-        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    address = f"127.0.0.1:{port}"
-
-    def listening() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        return False
-
-    try:
-        wait_until(listening, timeout=30, what="gunicorn listening")
-        yield address, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-        process.stderr.close()
+from tests.helpers import get, gunicorn, wait_until
+from tests.servers import ROOT
 
 
 @pytest.mark.parametrize("close_on_exit", [True, False], ids=["worker_exit-closes", "no-hook"])

@@ -9,8 +9,6 @@ from __future__ import annotations
 import pytest
 from django.db.utils import ProgrammingError
 
-pytestmark = pytest.mark.mariadb
-
 
 def _run(sql: str) -> object:
     from django.db import connection

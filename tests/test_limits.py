@@ -8,15 +8,14 @@ import time
 import gevent
 import pytest
 
-from tests.conftest import PeakConnections, call, get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import call, get, serve, wait_until
+from tests.servers import PeakSampler
 
 
 @pytest.mark.parametrize("linger", [0, 0.5], ids=["close-surplus-at-once", "linger-0.5s"])
 def test_300_clients_never_exceed_the_cap(make_app, db, linger):
     app = make_app(size=2, max_outstanding=5, timeout=30, linger=linger)
-    with PeakConnections(db) as connections, serve(app) as address:
+    with PeakSampler(db, every=0.005) as connections, serve(app) as address:
         jobs = [gevent.spawn(get, address, "/sleep/20/", timeout=60) for _ in range(300)]
         gevent.joinall(jobs, timeout=90, raise_error=True)
         statuses = [job.value.status for job in jobs]

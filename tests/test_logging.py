@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 
 import gevent
-import pytest
 
-from tests.conftest import get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import get, serve, wait_until
 
 
 def test_creation_is_logged_with_its_settings(make_app, caplog):

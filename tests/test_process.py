@@ -9,11 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import PeakConnections, call, wait_until
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import call, wait_until
+from tests.servers import PeakSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +62,7 @@ def test_preload_builds_before_gevent_patches(db):
 
 
 def test_plain_threads_without_gevent(db):
-    with PeakConnections(db, every=0.01) as connections:
+    with PeakSampler(db, every=0.01) as connections:
         result = _run("tests.proc_threads", db)
     peak = connections.peak
     assert result["errors"] == []

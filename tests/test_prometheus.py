@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import gevent
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import get, serve, wait_until
-from tests.test_gunicorn import gunicorn
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import get, gunicorn, serve, wait_until
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -6,11 +6,8 @@ import json
 import logging
 
 import gevent
-import pytest
 
-from tests.conftest import call, get, serve, wait_until
-
-pytestmark = pytest.mark.mariadb
+from tests.helpers import call, get, serve, wait_until
 
 
 def _session(address: str) -> dict:

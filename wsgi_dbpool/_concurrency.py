@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import _queue
 import _thread
+import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
+
+logger = logging.getLogger("wsgi_dbpool")
 
 
 class Lock(Protocol):
@@ -54,6 +57,25 @@ def new_guard_lock() -> Lock:
     if monkey is not None and monkey.is_module_patched("threading"):
         return monkey.get_original("_thread", "allocate_lock")()  # type: ignore[no-any-return]
     return _thread.allocate_lock()
+
+
+def call_later(delay: float, fn: Callable[[], object]) -> None:
+    """Run ``fn()`` once, ``delay`` seconds from now, in the background.
+
+    A daemon timer thread, which is a greenlet once gevent has patched ``threading``
+    (looked up now, not at import: see the module docstring). It never keeps the
+    process alive at exit; an error from ``fn`` is logged, not raised.
+    """
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("a background task of wsgi_dbpool failed: %r", fn)
+
+    timer = threading.Timer(delay, run)
+    timer.daemon = True
+    timer.start()
 
 
 def get_ident() -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 class PoolError(Exception):
     """Base class of every error raised by :mod:`wsgi_dbpool`."""
 
+    __module__ = "wsgi_dbpool"  # as users import and see it: wsgi_dbpool.PoolError
+
 
 class PoolTimeout(PoolError):
     """No connection could be had within ``timeout`` because ``max_outstanding`` were in use.
@@ -13,6 +15,8 @@ class PoolTimeout(PoolError):
     The middleware turns this into a ``503 Service Unavailable`` with ``Retry-After``;
     :meth:`PoolingMiddleware.checkout` lets it propagate to the caller.
     """
+
+    __module__ = "wsgi_dbpool"
 
     def __init__(self, alias: str, waited: float, max_outstanding: int | None) -> None:
         self.alias = alias

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 
 from . import _concurrency
 
 logger = logging.getLogger("wsgi_dbpool")
+
+
+class _Hold:
+    """One request in flight: when it took its connections, what it is, whether warned."""
+
+    __slots__ = ("label", "started", "warned")
+
+    def __init__(self, label: str) -> None:
+        self.started = time.monotonic()
+        self.label = label
+        self.warned = False
 
 
 class HoldWatch:
@@ -26,41 +36,39 @@ class HoldWatch:
         self.threshold = threshold
         self.aliases = ", ".join(repr(a) for a in aliases)
         self.warned = 0
-        self._active: dict[int, list[object]] = {}  # token -> [started, label, warned]
+        self._active: dict[int, _Hold] = {}
         self._tokens = itertools.count()
         self._timer_generation = -1  # fork generation of the running timer, if any
 
     def start(self, label: str) -> int:
         token = next(self._tokens)
-        self._active[token] = [time.monotonic(), label, False]
+        self._active[token] = _Hold(label)
         if self._timer_generation != _concurrency.fork_generation():
             self._timer_generation = _concurrency.fork_generation()
             self._schedule()
         return token
 
     def finish(self, token: int) -> None:
-        entry = self._active.pop(token, None)
-        if entry is not None and entry[2]:
+        hold = self._active.pop(token, None)
+        if hold is not None and hold.warned:
             logger.info(
                 "%s released its connections of %s after %.1fs",
-                entry[1], self.aliases, time.monotonic() - float(entry[0]),  # type: ignore[arg-type]
+                hold.label, self.aliases, time.monotonic() - hold.started,
             )
 
     def _schedule(self) -> None:
-        timer = threading.Timer(min(self.threshold / 2, 1.0), self._scan)
-        timer.daemon = True
-        timer.start()
+        _concurrency.call_later(min(self.threshold / 2, 1.0), self._scan)
 
     def _scan(self) -> None:
         now = time.monotonic()
-        for entry in list(self._active.values()):
-            held = now - float(entry[0])  # type: ignore[arg-type]
-            if not entry[2] and held >= self.threshold:
-                entry[2] = True
+        for hold in list(self._active.values()):
+            held = now - hold.started
+            if not hold.warned and held >= self.threshold:
+                hold.warned = True
                 self.warned += 1
                 logger.warning(
                     "%s has held its connections of %s for %.1fs (hold_warning=%ss)",
-                    entry[1], self.aliases, held, self.threshold,
+                    hold.label, self.aliases, held, self.threshold,
                 )
         if self._active:
             self._schedule()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -28,6 +27,25 @@ from .errors import PoolTimeout
 T = TypeVar("T")
 
 logger = logging.getLogger("wsgi_dbpool")
+
+# The keys of :meth:`Pool.stats`, written once: ``stats()``, the Prometheus exporter and the
+# tests read them from here. Counts are per process, since the last fork.
+SIZE = "size"  # idle objects kept between uses
+MAX_OUTSTANDING = "max_outstanding"  # the cap on slots (None: no cap)
+IDLE = "idle"  # objects idle now, lingering ones included
+IN_USE = "in_use"  # slots taken now: objects checked out, or being created
+WAITING = "waiting"  # callers queued at the cap now
+CHECKOUTS = "checkouts"  # objects handed out
+WAITS = "waits"  # checkouts that had to queue (served or not)
+WAIT_SECONDS = "wait_seconds"  # seconds spent queuing, in total
+TIMEOUTS = "timeouts"  # queued callers that gave up (PoolTimeout)
+HANDOFFS = "handoffs"  # returns handed straight to a waiter
+CREATED = "created"  # objects made
+DISCARDED = "discarded"  # surplus objects disposed of (over size, unusable, reaped)
+STATS_KEYS = (
+    SIZE, MAX_OUTSTANDING, IDLE, IN_USE, WAITING, CHECKOUTS, WAITS, WAIT_SECONDS, TIMEOUTS,
+    HANDOFFS, CREATED, DISCARDED,
+)
 
 # Upper bounds (seconds) of the wait-time histogram; the last bucket is +Inf.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -278,13 +296,7 @@ class Pool(Generic[T]):
         if surplus:
             self._dispose(obj)
         elif start_reaper:
-            self._schedule_reap(self.linger)
-
-    def _schedule_reap(self, delay: float) -> None:
-        # A timer thread, which is a greenlet once gevent has patched threading.
-        timer = threading.Timer(delay, self._reap)
-        timer.daemon = True
-        timer.start()
+            _concurrency.call_later(self.linger, self._reap)
 
     def _reap(self) -> None:
         """Close idle objects beyond ``size`` that lingered ``linger`` seconds unused."""
@@ -306,7 +318,7 @@ class Pool(Generic[T]):
             except Exception:
                 logger.exception("pool %r: closing a lingering connection failed", self.name)
         if again:
-            self._schedule_reap(max(delay, 0.01))
+            _concurrency.call_later(max(delay, 0.01), self._reap)
 
     def _give_back_slot(self, state: _ProcessState[T]) -> None:
         with state.lock:
@@ -349,21 +361,22 @@ class Pool(Generic[T]):
         return cumulative, seconds, total
 
     def stats(self) -> dict[str, int | float | None]:
-        """A flat snapshot of this process's counts; see :meth:`PoolingMiddleware.stats`."""
+        """A flat snapshot of this process's counts: the :data:`STATS_KEYS`, then the
+        policy's events (:meth:`count`); see :meth:`PoolingMiddleware.stats`."""
         state = self._current()
         with state.lock:
             return {
-                "size": self.size,
-                "max_outstanding": self.max_outstanding,
-                "idle": len(state.idle),
-                "in_use": state.outstanding,
-                "waiting": len(state.waiters),
-                "checkouts": state.checkouts,
-                "waits": state.waits,
-                "wait_seconds": round(state.wait_seconds, 6),
-                "timeouts": state.timeouts,
-                "handoffs": state.handoffs,
-                "created": state.created,
-                "discarded": state.discarded,
+                SIZE: self.size,
+                MAX_OUTSTANDING: self.max_outstanding,
+                IDLE: len(state.idle),
+                IN_USE: state.outstanding,
+                WAITING: len(state.waiters),
+                CHECKOUTS: state.checkouts,
+                WAITS: state.waits,
+                WAIT_SECONDS: round(state.wait_seconds, 6),
+                TIMEOUTS: state.timeouts,
+                HANDOFFS: state.handoffs,
+                CREATED: state.created,
+                DISCARDED: state.discarded,
                 **state.events,
             }

@@ -20,7 +20,6 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,22 +30,27 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from . import _concurrency
+from .pool import CHECKOUTS, IDLE, IN_USE, MAX_OUTSTANDING, TIMEOUTS, WAITING, Pool
+
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from .middleware import PoolingMiddleware
 
+# Metric name (after ``wsgi_dbpool_``) = stats() key; the pool's keys come from pool.py.
 GAUGES = {
-    "idle": "Connections idle in the pool",
-    "in_use": "Connections checked out by requests",
-    "waiting": "Requests waiting for a connection",
-    "max_outstanding": "The cap on connections checked out at once (0: none)",
+    IDLE: "Connections idle in the pool",
+    IN_USE: "Connections checked out by requests",
+    WAITING: "Requests waiting for a connection",
+    MAX_OUTSTANDING: "The cap on connections checked out at once (0: none)",
 }
 COUNTERS = {
+    CHECKOUTS: "Connections handed to requests",
+    TIMEOUTS: "Requests that gave up waiting (503 or PoolTimeout)",
+    # events counted by the Django policy (wsgi_dbpool.binding)
     "opened": "Server connections opened by pooled wrappers",
     "closed": "Server connections closed by pooled wrappers",
-    "checkouts": "Connections handed to requests",
-    "timeouts": "Requests that gave up waiting (503 or PoolTimeout)",
     "dirty": "Connections returned inside a transaction and rolled back or replaced",
     "stale": "Connections found dead on checkout",
     "broken": "Connections closed on return because they could not be handed on (interrupted)",
@@ -75,11 +79,9 @@ class PoolCollector:
         histogram = HistogramMetricFamily(
             "wsgi_dbpool_wait_seconds", "Time a request waited for a connection", labels=["alias"]
         )
-        for alias_pool in self.middleware._pools:
-            buckets, seconds, _count = alias_pool.pool.wait_histogram()
-            histogram.add_metric(
-                [alias_pool.alias], [(_bound(b), float(c)) for b, c in buckets], seconds
-            )
+        for alias, pool in pools(self.middleware).items():
+            buckets, seconds, _count = pool.wait_histogram()
+            histogram.add_metric([alias], [(_bound(b), float(c)) for b, c in buckets], seconds)
         yield histogram
 
 
@@ -119,9 +121,9 @@ def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) ->
     exported: dict[tuple[str, str], float] = {}
 
     def copy() -> None:
-        for alias_pool in middleware._pools:
-            alias, numbers = alias_pool.alias, alias_pool.stats()
-            _, seconds, count = alias_pool.pool.wait_histogram()
+        every_pool = pools(middleware)
+        for alias, numbers in middleware.stats().items():
+            _, seconds, count = every_pool[alias].wait_histogram()
             numbers = {**numbers, "wait_seconds_sum": seconds, "wait_seconds_count": count}
             for name, gauge in gauges.items():
                 gauge.labels(alias).set(float(numbers.get(name) or 0))
@@ -131,11 +133,21 @@ def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) ->
                 if delta > 0:
                     counter.labels(alias).inc(delta)
                 exported[(alias, name)] = value
-        timer = threading.Timer(interval, copy)  # a greenlet under gevent
-        timer.daemon = True
-        timer.start()
+        _concurrency.call_later(interval, copy)
 
     copy()
+
+
+def pools(middleware: PoolingMiddleware) -> dict[str, Pool[Any]]:
+    """The middleware's pools by alias, for their wait histograms.
+
+    ``PoolingMiddleware.pools()`` when the middleware has it; until then this is the one
+    place that reaches inside the middleware.
+    """
+    accessor = getattr(middleware, "pools", None)
+    if callable(accessor):
+        return dict(accessor())
+    return {alias_pool.alias: alias_pool.pool for alias_pool in middleware._pools}
 
 
 def _bound(bound: float) -> str:

@@ -3,100 +3,17 @@
 from __future__ import annotations
 
 import csv
-import http.client
 import io
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import Response, get, wait_until
+from tests.helpers import get, processes_mentioning, request
 
 pytestmark = pytest.mark.demo
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline and entry.name != str(os.getpid()):
-                found.append(int(entry.name))
-    return found
-
-
-class Demo:
-    """A running ``python -m demo`` and what it printed."""
-
-    def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
-        self.process = process
-        self.port = port
-        self.address = f"127.0.0.1:{port}"
-        self.log = log
-
-    def banner(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=40)
-
-
-@pytest.fixture
-def start_demo(tmp_path: Path) -> Iterator:
-    started: list[Demo] = []
-
-    def start(*args: str, **env: str) -> Demo:
-        port = free_port()
-        log = tmp_path / f"demo-{port}.log"
-        environ = {**os.environ, "DEMO_SQLITE_PATH": str(tmp_path / "demo.sqlite3"), **env}
-        environ.pop("DJANGO_SETTINGS_MODULE", None)
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "demo", "--port", str(port), *args],
-                cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, text=True,
-            )
-        demo = Demo(process, port, log)
-        started.append(demo)
-        wait_until(lambda: "Ctrl-C stops everything" in demo.banner() or process.poll() is not None,
-                   timeout=120, what="the demo banner")
-        assert process.poll() is None, demo.banner()
-        return demo
-
-    yield start
-    for demo in started:
-        if demo.process.poll() is None:
-            demo.stop()
-
-
-def request(address: str, method: str, path: str, body: str = "", headers: dict | None = None) -> Response:
-    host, port = address.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
 
 
 def exercise_every_page(address: str) -> None:
@@ -106,9 +23,9 @@ def exercise_every_page(address: str) -> None:
     cookie = page.headers["set-cookie"].split(";")[0]
     posted = request(
         address, "POST", "/",
-        urlencode({"csrfmiddlewaretoken": token, "author": "pytest", "text": "signed by the suite"}),
-        {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie,
-         "Referer": f"http://{address}/"},
+        body=urlencode({"csrfmiddlewaretoken": token, "author": "pytest", "text": "signed by the suite"}),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie,
+                 "Referer": f"http://{address}/"},
     )
     assert posted.status == 302, posted.body[:500]
     assert b"signed by the suite" in get(address, "/").body

@@ -10,8 +10,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from tests.conftest import get, wait_until
-from tests.demo.test_demo import start_demo  # noqa: F401 - the fixture
+from tests.helpers import get, wait_until
 
 pytestmark = pytest.mark.demo
 
@@ -55,7 +54,7 @@ def browser(tmp_path):
         chrome.quit()
 
 
-def test_pool_page_renders_and_refreshes(start_demo, browser):  # noqa: F811
+def test_pool_page_renders_and_refreshes(start_demo, browser):
     from selenium.webdriver.common.by import By
 
     demo = start_demo(POOL_SIZE="4", POOL_MAX_OUTSTANDING="6")
