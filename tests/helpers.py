@@ -91,6 +91,13 @@ def get(address: str, path: str, *, timeout: float = 20.0, method: str = "GET") 
     return request(address, method, path, timeout=timeout)
 
 
+def environ_for(path: str) -> dict[str, Any]:
+    """A WSGI environ for a GET of ``path``, as a server would build it."""
+    from webob import Request
+
+    return dict(Request.blank(path).environ)
+
+
 def call(app: Any, path: str, **environ: Any) -> tuple[str, list[tuple[str, str]], bytes]:
     """Call a WSGI app in-process like a well-behaved server: iterate, then close()."""
     from webob import Request

@@ -19,24 +19,12 @@ import subprocess
 import tempfile
 import time
 
-from tests.mariadb import _free_port, _which
+from tests.servers import ensure_binary, free_port, which
 
 
 def ensure_installed() -> None:
     """Install Debian's Redis server when it is missing (we run as root on CI)."""
-    if _which("redis-server"):
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise RuntimeError(
-            f"Redis is not installed and installing it failed ({exc}); install the Debian "
-            f"package redis-server (as root: apt-get install redis-server)"
-        ) from exc
-    if not _which("redis-server"):
-        raise RuntimeError("apt-get installed redis-server but no redis-server binary was found")
+    ensure_binary("redis-server", "redis-server")
 
 
 class RedisServer:
@@ -45,7 +33,7 @@ class RedisServer:
     host = "127.0.0.1"
 
     def __init__(self, *, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.basedir = tempfile.mkdtemp(prefix="wsgi_dbpool-redis-")
         self.log_path = os.path.join(self.basedir, "redis.log")
         self._process: subprocess.Popen[bytes] | None = None
@@ -57,7 +45,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start ``redis-server`` and wait until it answers ``PING``."""
-        binary = _which("redis-server")
+        binary = which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run ensure_installed() first")
         args = [

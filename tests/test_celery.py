@@ -17,7 +17,7 @@ import gevent
 import pytest
 
 from tests.celery_harness import USER, CeleryWorker, client_app, create_worker_user, user_connections
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from tests.mariadb import MariaDBServer
 from tests.redis import RedisServer, ensure_installed
 

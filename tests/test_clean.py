@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import gevent
 import pytest
 
-from tests.conftest import call, environ_for, get, serve, wait_until
+from tests.helpers import call, environ_for, get, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
 
@@ -127,7 +127,7 @@ _PG_SESSION_PROBE = (
 
 
 def test_2_session_reset_on_postgresql_gives_back_a_connection_like_a_fresh_one(
-    make_app, db, postgres
+    make_app, db, pg_db
 ):
     app = make_app(size=1, reset="session", aliases=["pg_tuned"])
     with serve(app) as address:
@@ -181,7 +181,7 @@ def test_4_query_bounded_by_gevent_timeout_does_not_fail_the_next_request(make_a
                what="the server noticed the interrupted connection is gone")
 
 
-def test_4_query_bounded_by_gevent_timeout_on_postgresql(make_app, db, postgres):
+def test_4_query_bounded_by_gevent_timeout_on_postgresql(make_app, db, pg_db):
     app = make_app(size=1, aliases=["pg"])
     with serve(app) as address:
         before = _get(app, address, "/b/id/?alias=pg").json()["id"]
@@ -191,7 +191,7 @@ def test_4_query_bounded_by_gevent_timeout_on_postgresql(make_app, db, postgres)
     assert after.status == 200, after.body[-300:]
     assert after.json()["id"] != before
     assert app.stats()["pg"]["broken"] == 1
-    wait_until(lambda: before not in [row["id"] for row in postgres.processlist("app")],
+    wait_until(lambda: before not in [row["id"] for row in pg_db.processlist("app")],
                what="the interrupted connection is gone from the server")
 
 
@@ -351,7 +351,7 @@ def test_7_connections_of_spawned_greenlets_close_when_they_end(make_app, db, ca
 
 
 @pytest.mark.parametrize("alias", ["default", "pg"])
-def test_8_debug_query_log_is_cleared_between_holders(make_app, db, postgres, alias):
+def test_8_debug_query_log_is_cleared_between_holders(make_app, db, pg_db, alias):
     from django.db import connections
     from django.test.utils import override_settings
 

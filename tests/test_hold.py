@@ -13,7 +13,8 @@ import time
 import gevent
 import pytest
 
-from tests.conftest import PeakConnections, environ_for, get, serve, wait_until
+from tests.helpers import environ_for, get, serve, wait_until
+from tests.servers import PeakSampler
 
 pytestmark = pytest.mark.mariadb
 
@@ -190,7 +191,7 @@ def test_close_in_the_middle_gives_the_slot_back(make_app, db):
 
 def test_300_clients_share_5_connections_between_their_queries(make_app, db):
     app = make_app(size=2, max_outstanding=5, timeout=30, hold="transaction")
-    with PeakConnections(db) as peak, serve(app) as address:
+    with PeakSampler(db, every=0.005) as peak, serve(app) as address:
         started = time.monotonic()
         jobs = [gevent.spawn(get, address, "/io/", timeout=60) for _ in range(300)]
         gevent.joinall(jobs, timeout=90, raise_error=True)
@@ -296,7 +297,7 @@ def test_spawned_greenlets_stay_under_the_cap(make_app, db, hold):
     aborted = db.status("Aborted_clients")
     gc.disable()
     try:
-        with PeakConnections(db) as peak, serve(app) as address:
+        with PeakSampler(db, every=0.005) as peak, serve(app) as address:
             jobs = [gevent.spawn(get, address, "/spawn/?n=3", timeout=60) for _ in range(6)]
             gevent.joinall(jobs, timeout=60, raise_error=True)
             wait_until(lambda: _in_use(app) == 0, what="every greenlet's connection back")
@@ -313,7 +314,7 @@ def test_spawned_greenlets_stay_under_the_cap(make_app, db, hold):
 # -- what cannot work is refused -----------------------------------------------------------
 
 
-def test_refused_combinations(db, postgres):
+def test_refused_combinations(db, pg_db):
     from django.core.exceptions import ImproperlyConfigured
 
     from wsgi_dbpool import PoolingMiddleware
@@ -327,7 +328,7 @@ def test_refused_combinations(db, postgres):
         PoolingMiddleware(app, hold="statement", aliases=["default"])
 
 
-def test_postgresql_in_transaction_mode(make_app, db, postgres):
+def test_postgresql_in_transaction_mode(make_app, db, pg_db):
     from django.conf import settings
 
     settings.DATABASES["pg"]["DISABLE_SERVER_SIDE_CURSORS"] = True

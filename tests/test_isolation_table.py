@@ -154,7 +154,7 @@ BACKENDS = {
 
 
 @pytest.fixture(params=list(BACKENDS), ids=list(BACKENDS))
-def backend(request, db, postgres) -> Backend:
+def table_backend(request, db, pg_db) -> Backend:
     return BACKENDS[request.param]
 
 
@@ -260,7 +260,7 @@ def _measured(make_app, backend: Backend) -> dict[str, dict[str, tuple[bool, set
     return _MEASURED[backend.name]
 
 
-def test_the_isolation_table_is_current(make_app, db, postgres):
+def test_the_isolation_table_is_current(make_app, db, pg_db):
     measured = {b.name: _measured(make_app, b) for b in BACKENDS.values()}
     # Whatever the default mode keeps, the session mode must clear.
     for results in measured.values():
@@ -288,7 +288,8 @@ SEQUENCES = 24
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", range(SEQUENCES), ids=[f"seq{i}" for i in range(SEQUENCES)])
-def test_random_sequences_hand_on_only_what_the_table_allows(make_app, backend, mode, seed):
+def test_random_sequences_hand_on_only_what_the_table_allows(make_app, table_backend, mode, seed):
+    backend = table_backend
     rng = random.Random(f"{backend.name}-{seed}")
     kinds = [rng.choice(backend.kinds) for _ in range(rng.randint(1, 5))]
     allowed = set().union(*(_measured(make_app, backend)[k.name][mode][1] for k in kinds))

@@ -9,7 +9,6 @@ Every wait has a deadline (``DEADLINE`` seconds), so a regression fails, never h
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import re
@@ -24,6 +23,7 @@ import pytest
 
 from wsgi_dbpool import PoolTimeout, _concurrency
 from wsgi_dbpool import pool as pool_module
+from wsgi_dbpool import response as response_module
 from wsgi_dbpool.pool import Pool
 from wsgi_dbpool.response import ClosingIterable, hook_file_wrapper
 
@@ -554,12 +554,15 @@ def test_every_stats_key_is_documented_and_exported_from_the_one_definition():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Reading `stats()`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(\w+)`", table))
-    assert set(pool_module.STATS_KEYS) <= documented
+    from wsgi_dbpool.alias_pool import POLICY_EVENTS
+
+    assert set(pool_module.STATS_KEYS) | set(POLICY_EVENTS) <= documented
     pytest.importorskip("prometheus_client")
     from wsgi_dbpool import prometheus
 
-    policy_events = {"opened", "closed", "stale", "dirty"}  # counted by wsgi_dbpool.binding
-    assert set(prometheus.GAUGES) | set(prometheus.COUNTERS) <= set(pool_module.STATS_KEYS) | policy_events
+    exported = set(prometheus.GAUGES) | set(prometheus.COUNTERS)
+    assert exported <= set(pool_module.STATS_KEYS) | set(POLICY_EVENTS)
+    assert set(POLICY_EVENTS) <= set(prometheus.COUNTERS)
 
 
 # -- background timers ----------------------------------------------------------------
@@ -621,10 +624,17 @@ class Inner:
             raise self.close_error
 
 
-def closing(inner: Any) -> tuple[ClosingIterable, list[bool], collections.deque[Any]]:
+@pytest.fixture(autouse=True)
+def scheduled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What finalisers hand to ``call_soon`` (to run elsewhere), kept here to run by hand."""
+    calls: list[Any] = []
+    monkeypatch.setattr(response_module._concurrency, "call_soon", calls.append)
+    return calls
+
+
+def closing(inner: Any) -> tuple[ClosingIterable, list[bool]]:
     released: list[bool] = []
-    abandoned: collections.deque[Any] = collections.deque()
-    return ClosingIterable(inner, released.append, abandoned), released, abandoned
+    return ClosingIterable(inner, released.append), released
 
 
 @pytest.mark.parametrize(
@@ -639,7 +649,7 @@ def closing(inner: Any) -> tuple[ClosingIterable, list[bool], collections.deque[
 )
 def test_closing_iterable_marks_a_base_exception_while_iterating_as_broken(error, broken):
     inner = Inner(error)
-    response, released, _ = closing(inner)
+    response, released = closing(inner)
     if error is None:
         assert b"".join(response) == b"onetwo"
     else:
@@ -651,7 +661,7 @@ def test_closing_iterable_marks_a_base_exception_while_iterating_as_broken(error
 
 def test_closing_iterable_stopped_between_chunks_is_not_broken():
     inner = Inner()
-    response, released, _ = closing(inner)
+    response, released = closing(inner)
     chunks = iter(response)
     assert next(chunks) == b"one"
     chunks.close()  # the server stops iterating: the client went away
@@ -667,21 +677,21 @@ def test_closing_iterable_stopped_between_chunks_is_not_broken():
         pytest.param(3, False, id="close-thrice-never-iterated"),
     ],
 )
-def test_closing_iterable_releases_exactly_once(closes, iterated):
+def test_closing_iterable_releases_exactly_once(closes, iterated, scheduled):
     inner = Inner()
-    response, released, abandoned = closing(inner)
+    response, released = closing(inner)
     if iterated:
         b"".join(response)
     for _ in range(closes):
         response.close()
     assert released == [False] and inner.closed == 1
     del response
-    assert not abandoned  # closed: the finaliser has nothing to do
+    assert not scheduled  # closed: the finaliser has nothing to do
 
 
 def test_closing_iterable_releases_when_the_inner_close_raises_and_the_error_propagates():
     inner = Inner(close_error=OSError("inner close"))
-    response, released, _ = closing(inner)
+    response, released = closing(inner)
     b"".join(response)
     with pytest.raises(OSError, match="inner close"):
         response.close()
@@ -697,13 +707,35 @@ def test_closing_iterable_releases_when_the_inner_close_raises_and_the_error_pro
         pytest.param(Inner(), id="inner-with-close"),
     ],
 )
-def test_closing_iterable_never_closed_queues_its_release(inner):
-    response, released, abandoned = closing(inner)
+def test_closing_iterable_never_closed_schedules_its_release(inner, scheduled, caplog):
+    response, released = closing(inner)
     b"".join(response)
     del response  # a broken server drops it without close()
-    assert released == [] and len(abandoned) == 1
-    abandoned.popleft()(False)  # what the middleware does later, outside the GC
+    assert released == [] and len(scheduled) == 1  # nothing done inside the finaliser
+    with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+        scheduled.pop()()  # what the hub (or the deferred-call thread) runs at once
     assert released == [False]
+    assert "without close()" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("close_error", "broken"),
+    [
+        pytest.param(OSError("inner close"), False, id="exception-not-broken"),
+        pytest.param(gevent.Timeout(), True, id="interrupted-close-is-broken"),
+        pytest.param(gevent.GreenletExit(), True, id="killed-close-is-broken"),
+    ],
+)
+def test_closing_iterable_whose_inner_close_is_interrupted_releases_broken(close_error, broken):
+    class Failing(Inner):
+        def close(self) -> None:
+            raise close_error
+
+    response, released = closing(Failing())
+    b"".join(response)
+    with pytest.raises(type(close_error)):
+        response.close()
+    assert released == [broken]
 
 
 # -- hook_file_wrapper -----------------------------------------------------------------

@@ -42,6 +42,9 @@ logger = logging.getLogger("wsgi_dbpool")
 POOL_ATTR = "_wsgi_dbpool_pool"  # the AliasPool that owns the wrapper
 _OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
 
+# What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
+POLICY_EVENTS = ("opened", "closed", "stale", "dirty", "broken", "overflow", "spawned")
+
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
 
@@ -288,10 +291,7 @@ class AliasPool:
         return self.pool.drain_idle()
 
     def stats(self) -> dict[str, int | float | None]:
-        return {
-            "opened": 0, "closed": 0, "stale": 0, "dirty": 0, "broken": 0, "overflow": 0,
-            **self.pool.stats(),
-        }
+        return {**dict.fromkeys(POLICY_EVENTS, 0), **self.pool.stats()}
 
 
 def _close_overflow(wrapper: Wrapper) -> None:

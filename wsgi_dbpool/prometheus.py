@@ -14,7 +14,7 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 ``wsgi_dbpool_opened_total``, ``wsgi_dbpool_closed_total``,
 ``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
 ``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total``, ``wsgi_dbpool_broken_total``,
-``wsgi_dbpool_overflow_total`` (counters);
+``wsgi_dbpool_overflow_total``, ``wsgi_dbpool_spawned_total`` (counters);
 ``wsgi_dbpool_wait_seconds`` (histogram of the time to get a connection).
 """
 
@@ -48,13 +48,14 @@ GAUGES = {
 COUNTERS = {
     CHECKOUTS: "Connections handed to requests",
     TIMEOUTS: "Requests that gave up waiting (503 or PoolTimeout)",
-    # events counted by the Django policy (wsgi_dbpool.binding)
+    # events counted by the Django policy (wsgi_dbpool.alias_pool.POLICY_EVENTS)
     "opened": "Server connections opened by pooled wrappers",
     "closed": "Server connections closed by pooled wrappers",
     "dirty": "Connections returned inside a transaction and rolled back or replaced",
     "stale": "Connections found dead on checkout",
     "broken": "Connections closed on return because they could not be handed on (interrupted)",
     "overflow": "Connections opened outside the pool by greenlets with no checkout()",
+    "spawned": "Greenlets spawned by a view that took a pooled connection under the cap",
 }
 
 
