@@ -4,7 +4,9 @@ Each stack is served by one gunicorn gevent worker (``bench.djsite``) in front o
 throwaway MariaDB with ``max_connections=100``; ``wrk`` (Debian's) is the load; every
 server-side figure comes from MariaDB itself (``Connections``, the process list).
 
-Scenarios: ``throughput`` (50 clients, one indexed query), ``steady`` (10 clients:
+Scenarios: ``io`` and ``io_first`` (300 clients on a view that waits 50 ms on
+something else, beside its queries: what ``hold=`` is for), ``throughput`` (50 clients,
+one indexed query), ``steady`` (10 clients:
 server connections opened per 1,000 requests), ``streaming`` (a response querying while
 it streams: bodies intact, connections returned), ``storm`` (300 clients on a view
 holding its connection 50 ms), ``ceiling`` (a view touching no database, alone and
@@ -34,11 +36,19 @@ from tests.servers import child_env
 STACKS = {
     "per_request": "CONN_MAX_AGE=0, no pool",
     "persistent": "CONN_MAX_AGE=60, no pool",
+    "no_cap": "no cap: CONN_MAX_AGE=60, max_connections 400, warmed up",
     "old_patch": "django_db_pooling 0.0.4",
     "sqlalchemy": "django-db-connection-pool 1.2 (QueuePool)",
     "wsgi_dbpool": "wsgi_dbpool",
     "wsgi_dbpool_session": "wsgi_dbpool, reset=\"session\"",
+    "wsgi_dbpool_lazy": "wsgi_dbpool, hold=\"lazy\"",
+    "wsgi_dbpool_transaction": "wsgi_dbpool, hold=\"transaction\"",
 }
+# The stacks of the io scenarios (a view that waits on something else), and of `q` in
+# transaction mode beside the peers.
+HOLD_STACKS = [
+    "old_patch", "sqlalchemy", "wsgi_dbpool", "wsgi_dbpool_lazy", "wsgi_dbpool_transaction", "no_cap",
+]
 DEFAULT_STACKS = ["per_request", "persistent", "old_patch", "sqlalchemy", "wsgi_dbpool"]
 HOLD_SECONDS = 0.05
 
@@ -120,10 +130,28 @@ def storm_limit(db: MariaDBServer, slots: int, seconds: float) -> float:
     return float(done.stdout.strip())
 
 
+def _io(path: str) -> Any:
+    def scenario(server: Server, db: MariaDBServer, args: argparse.Namespace) -> dict[str, Any]:
+        """300 clients on a view that waits 50 ms on something else beside its queries."""
+        failed_before, _ = server.failed_requests()
+        run_wrk(server.url + path, clients=300, seconds=args.warmup)  # every stack warm
+        sampler = PeakSampler(db, every=0.005)
+        before = db.connections_total()
+        result = run_wrk(server.url + path, clients=300, seconds=args.io_seconds)
+        result["peak"] = sampler.stop()
+        result["opened"] = db.connections_opened_since(before)
+        result["errors"] = result["non_2xx"] + result["socket_errors"]
+        result["logged_500"] = server.failed_requests()[0] - failed_before
+        return result
+
+    return scenario
+
+
 SCENARIOS = {
     "throughput": throughput, "steady": steady, "streaming": streaming,
-    "storm": storm, "ceiling": ceiling,
+    "storm": storm, "ceiling": ceiling, "io": _io("/io/"), "io_first": _io("/io_first/"),
 }
+RATED = ("throughput", "steady", "io", "io_first")
 
 
 def ratio(ours: float, theirs: float) -> str:
@@ -180,6 +208,25 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                          f"({meta['max_outstanding']} connections doing only the 50 ms hold, back to "
                          f"back, through PyMySQL with no HTTP and no Django).")
         lines.insert(-1, "")
+    for scenario, title in (
+        ("io", "io: 300 clients; a query, 50 ms waiting on something else, a query"),
+        ("io_first", "io_first: 300 clients; 50 ms waiting on something else, then a query"),
+    ):
+        rows = [(s, r[scenario]) for s, r in results.items() if scenario in r]
+        if not rows:
+            continue
+        peers = [r["rps"] for s, r in rows if not s.startswith("wsgi_dbpool") and s != "no_cap"]
+        best_peer = max(peers, default=0.0)
+        no_cap = results.get("no_cap", {}).get(scenario, {}).get("rps", 0.0)
+        lines.extend([f"## {title}", "", "| stack | requests/s | p50 ms | p99 ms | errors | peak server "
+                      "connections | opened | ÷ best peer | ÷ no cap |", "|---" + "|---:" * 8 + "|"])
+        for stack, r in rows:
+            lines.append(
+                f"| {STACKS[stack]} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.0f} | "
+                f"{r['errors']} | {r['peak']} | {r['opened']} | {ratio(r['rps'], best_peer)} | "
+                f"{ratio(r['rps'], no_cap)} |"
+            )
+        lines.append("")
     table("ceiling: a view touching no database (health check)", "ceiling", [
         ("alone, requests/s", "alone_rps", "{:.0f}"),
         ("during a storm, requests/s", "during_storm_rps", "{:.0f}"),
@@ -196,17 +243,23 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
 
     stacks = list(results)
     panels = [
-        ("throughput", "rps", "throughput, requests/s"),
-        ("storm", "rps", "storm, requests/s (errors in red)"),
-        ("ceiling", "during_storm_rps", "health check during a storm, requests/s"),
+        panel for panel in (
+            ("throughput", "rps", "throughput, requests/s"),
+            ("storm", "rps", "storm, requests/s (errors in red)"),
+            ("ceiling", "during_storm_rps", "health check during a storm, requests/s"),
+            ("io", "rps", "io: query, 50 ms wait, query; requests/s"),
+            ("io_first", "rps", "io_first: 50 ms wait, query; requests/s"),
+        )
+        if any(panel[0] in r for r in results.values())
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
     for ax, (scenario, key, title) in zip(axes, panels, strict=True):
         values = [results[s].get(scenario, {}).get(key, 0) for s in stacks]
         colors = ["#2f6fdf" if s.startswith("wsgi_dbpool") else "#9aa5b1" for s in stacks]
         bars = ax.barh(stacks, values, color=colors)
         for bar, stack in zip(bars, stacks, strict=True):
-            errors = results[stack].get(scenario, {}).get("errors", 0) if scenario == "storm" else 0
+            errors = results[stack].get(scenario, {}).get("errors", 0) if scenario != "throughput" else 0
             label = f"{bar.get_width():.0f}" + (f"  ({errors} errors)" if errors else "")
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + label,
                     va="center", color="#c0392b" if errors else "#333", fontsize=9)
@@ -231,6 +284,7 @@ def main() -> None:
     args.seconds = args.seconds or (2 if args.quick else 10)
     args.warmup = 1 if args.quick else 3
     args.storm_seconds = 3 if args.quick else 10
+    args.io_seconds = 3 if args.quick else 8
     args.stream_requests = 40 if args.quick else 200
     args.linger = 5.0
     args.rounds = 1 if args.quick else 3
@@ -249,19 +303,28 @@ def main() -> None:
         limit = storm_limit(db, args.max_outstanding, args.storm_seconds) if "storm" in scenarios else 0
         # Rated scenarios run in rounds, the stacks interleaved, and report the median
         # round: these 2-core VMs are noisy, and neighbours in time share the noise.
-        rated = [s for s in scenarios if s in ("throughput", "steady")]
+        rated = [s for s in scenarios if s in RATED]
         rounds: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in stacks}
         for round_no in range(args.rounds):
             for stack in stacks[round_no % len(stacks):] + stacks[:round_no % len(stacks)]:
                 once = [s for s in scenarios if s not in rated] if round_no == 0 else []
                 env = {"POOL_MAX_OUTSTANDING": str(args.max_outstanding), "POOL_LINGER": str(args.linger)}
-                with serving(stack, db, env) as server:
-                    for name in [*rated, *once]:
-                        started = time.monotonic()
-                        result = SCENARIOS[name](server, db, args)
-                        rounds[stack].setdefault(name, []).append(result)
-                        print(f"{stack:>12} {name:<10} round {round_no + 1} "
-                              f"{time.monotonic() - started:5.1f}s {result}", file=sys.stderr, flush=True)
+                if stack == "no_cap":  # every one of the 300 clients on its own connection
+                    db.admin_query("SET GLOBAL max_connections = 400")
+                try:
+                    with serving(stack, db, env) as server:
+                        for name in [*rated, *once]:
+                            if stack == "no_cap" and name not in ("io", "io_first"):
+                                continue
+                            started = time.monotonic()
+                            result = SCENARIOS[name](server, db, args)
+                            rounds[stack].setdefault(name, []).append(result)
+                            print(f"{stack:>12} {name:<10} round {round_no + 1} "
+                                  f"{time.monotonic() - started:5.1f}s {result}", file=sys.stderr,
+                                  flush=True)
+                finally:
+                    if stack == "no_cap":
+                        db.admin_query("SET GLOBAL max_connections = 100")
         for stack in stacks:
             results[stack] = {}
             for name, runs in rounds[stack].items():

@@ -3,9 +3,12 @@
 Chosen by environment variables, so one gunicorn command line serves each stack:
 
 - ``BENCH_STACK``: ``per_request`` (``CONN_MAX_AGE=0``, no pool), ``persistent``
-  (``CONN_MAX_AGE=60``, no pool), ``old_patch`` (django_db_pooling 0.0.4's
-  monkey-patch), ``sqlalchemy`` (django-db-connection-pool: SQLAlchemy's QueuePool behind
-  a Django backend), ``wsgi_dbpool``, ``wsgi_dbpool_session`` (with ``reset="session"``);
+  (``CONN_MAX_AGE=60``, no pool), ``no_cap`` (the same, measured with ``max_connections``
+  above the client count: every greenlet on its own warm connection), ``old_patch``
+  (django_db_pooling 0.0.4's monkey-patch), ``sqlalchemy`` (django-db-connection-pool:
+  SQLAlchemy's QueuePool behind a Django backend), ``wsgi_dbpool``,
+  ``wsgi_dbpool_session`` (with ``reset="session"``), ``wsgi_dbpool_lazy`` and
+  ``wsgi_dbpool_transaction`` (``hold="lazy"`` / ``"transaction"``);
 - ``BENCH_DB_PORT``; ``POOL_SIZE`` (4), ``POOL_MAX_OUTSTANDING`` (20), ``POOL_LINGER`` (5).
 """
 
@@ -22,6 +25,7 @@ from tests.servers import site_settings
 pymysql.install_as_MySQLdb()
 
 STACK = os.environ.get("BENCH_STACK", "wsgi_dbpool")
+HOLD_SECONDS = 0.05
 POOL_SIZE = int(os.environ.get("POOL_SIZE", "4"))
 POOL_MAX = int(os.environ.get("POOL_MAX_OUTSTANDING", "20"))
 
@@ -78,6 +82,30 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+def io(request: HttpRequest) -> HttpResponse:
+    """A query, 50 ms waiting on something else (an HTTP API, an LLM), another query."""
+    import gevent
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM items WHERE id = %s", [1 + (id(request) >> 4) % 1000])
+        first = cursor.fetchone()[0]
+    gevent.sleep(HOLD_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM items WHERE id = %s", [1 + (id(request) >> 5) % 1000])
+        second = cursor.fetchone()[0]
+    return HttpResponse(f"{first} {second}")
+
+
+def io_first(request: HttpRequest) -> HttpResponse:
+    """50 ms waiting on something else first, then one query."""
+    import gevent
+
+    gevent.sleep(HOLD_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM items WHERE id = %s", [1 + (id(request) >> 4) % 1000])
+        return HttpResponse(cursor.fetchone()[0])
+
+
 def nodb(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
@@ -93,6 +121,7 @@ def stats(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb),
+    path("io/", io), path("io_first/", io_first),
     path("stats/", stats),
 ]
 
@@ -101,12 +130,15 @@ def _application():  # type: ignore[no-untyped-def]
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
-    if STACK in ("wsgi_dbpool", "wsgi_dbpool_session"):
+    if STACK.startswith("wsgi_dbpool"):
         from wsgi_dbpool import PoolingMiddleware
 
         return PoolingMiddleware(
             app, size=POOL_SIZE, max_outstanding=POOL_MAX, timeout=30,
             reset="session" if STACK == "wsgi_dbpool_session" else "transaction",
+            hold={"wsgi_dbpool_lazy": "lazy", "wsgi_dbpool_transaction": "transaction"}.get(
+                STACK, "request"
+            ),
             linger=float(os.environ.get("POOL_LINGER", "5")),
             skip=lambda environ: environ["PATH_INFO"] in ("/nodb/", "/stats/"),
         )

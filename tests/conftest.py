@@ -159,7 +159,8 @@ def django_site(mariadb_port: int, fault_proxy: FaultProxy, postgres_port: int) 
         "proxied": mysql(
             fault_proxy.port, options={"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}
         ),
-        "pg": postgres_harness.postgres_settings(postgres_port),
+        # As behind PgBouncer in transaction mode: what hold="transaction" needs.
+        "pg": postgres_harness.postgres_settings(postgres_port, DISABLE_SERVER_SIDE_CURSORS=True),
         # Connect options a session reset must not forget (tests/test_clean.py).
         "tuned": mysql(mariadb_port, options=TUNED_OPTIONS),
         "pg_tuned": postgres_harness.postgres_settings(postgres_port, options=PG_TUNED_OPTIONS),
@@ -178,6 +179,12 @@ def db(mariadb: MariaDBServer, django_site: None) -> Iterator[MariaDBServer]:
     mariadb.admin_query("TRUNCATE TABLE app_other.items")
     mariadb.admin_query("TRUNCATE TABLE app.short_names")
     yield mariadb
+
+
+@pytest.fixture(params=["request", "lazy", "transaction"])
+def hold(request: pytest.FixtureRequest) -> str:
+    """Each ``hold`` mode in turn, for the suites that run in all three."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The core behaviours once per backend: MariaDB through PyMySQL, PostgreSQL through
-psycopg 3, both under gevent. One suite, parametrised; each assertion asks the server."""
+psycopg 3, both under gevent, and in each ``hold`` mode. One suite, parametrised; each
+assertion asks the server."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def _run(alias: str, sql: str, params: Any = None) -> Any:
         return cursor.fetchone()[0] if cursor.description else None
 
 
-def test_sequential_requests_reuse_one_server_connection(make_app, backend):
-    app = make_app(aliases=[backend.alias], size=2)
+
+def test_sequential_requests_reuse_one_server_connection(make_app, hold, backend):
+    app = make_app(hold=hold, aliases=[backend.alias], size=2)
     with serve(app) as address:
         ids = {get(address, f"/b/id/?alias={backend.alias}").json()["id"] for _ in range(50)}
         assert len(ids) == 1
@@ -31,16 +33,16 @@ def test_sequential_requests_reuse_one_server_connection(make_app, backend):
     assert app.stats()[backend.alias]["opened"] == 1
 
 
-def test_streaming_response_keeps_its_connection(make_app, backend):
-    app = make_app(aliases=[backend.alias])
+def test_streaming_response_keeps_its_connection(make_app, hold, backend):
+    app = make_app(hold=hold, aliases=[backend.alias])
     with serve(app) as address:
         chunks = get(address, f"/b/stream/?alias={backend.alias}").lines()
     assert [c["chunk"] for c in chunks] == [0, 1, 2, 3] and len({c["id"] for c in chunks}) == 1
     wait_until(lambda: app.stats()[backend.alias]["in_use"] == 0, what="released on close()")
 
 
-def test_bounded_under_300_clients(make_app, backend):
-    app = make_app(aliases=[backend.alias], size=2, max_outstanding=5, timeout=30, linger=0)
+def test_bounded_under_300_clients(make_app, hold, backend):
+    app = make_app(hold=hold, aliases=[backend.alias], size=2, max_outstanding=5, timeout=30, linger=0)
     with PeakSampler(backend.server, every=0.005) as connections, serve(app) as address:
         jobs = [gevent.spawn(get, address, f"/b/sleep/20/?alias={backend.alias}", timeout=60)
                 for _ in range(300)]
@@ -50,9 +52,9 @@ def test_bounded_under_300_clients(make_app, backend):
     wait_until(lambda: backend.server.connection_count("app") <= 2, what="at most size left")
 
 
-def test_waiting_on_the_database_is_cooperative(make_app, backend):
+def test_waiting_on_the_database_is_cooperative(make_app, hold, backend):
     # Two queries sleeping 0.4 s at once must overlap: the driver yields to the hub.
-    app = make_app(aliases=[backend.alias], size=2, max_outstanding=2)
+    app = make_app(hold=hold, aliases=[backend.alias], size=2, max_outstanding=2)
     with serve(app) as address:
         get(address, f"/b/id/?alias={backend.alias}")
         started = time.monotonic()
@@ -62,10 +64,10 @@ def test_waiting_on_the_database_is_cooperative(make_app, backend):
     assert elapsed < 0.75, f"the two 0.4 s queries took {elapsed:.2f} s: the driver blocked the hub"
 
 
-def test_uncommitted_rows_are_rolled_back(make_app, backend):
+def test_uncommitted_rows_are_rolled_back(make_app, hold, backend):
     from django.db import connections, transaction
 
-    app = make_app(aliases=[backend.alias], size=1)
+    app = make_app(hold=hold, aliases=[backend.alias], size=1)
     with app.checkout():
         transaction.set_autocommit(False, using=backend.alias)
         _run(backend.alias, "INSERT INTO items (name) VALUES ('uncommitted')")
@@ -78,8 +80,8 @@ def test_uncommitted_rows_are_rolled_back(make_app, backend):
     assert app.stats()[backend.alias]["dirty"] == 1
 
 
-def test_killed_idle_connection_is_replaced_before_use(make_app, backend):
-    app = make_app(aliases=[backend.alias], ping_after=0)
+def test_killed_idle_connection_is_replaced_before_use(make_app, hold, backend):
+    app = make_app(hold=hold, aliases=[backend.alias], ping_after=0)
     with serve(app) as address:
         first = get(address, f"/b/id/?alias={backend.alias}").json()["id"]
         wait_until(lambda: app.stats()[backend.alias]["idle"] == 1, what="idle")
@@ -90,8 +92,8 @@ def test_killed_idle_connection_is_replaced_before_use(make_app, backend):
     assert app.stats()[backend.alias]["stale"] == 1
 
 
-def test_greenlet_killed_mid_query_closes_its_connection(make_app, backend):
-    app = make_app(aliases=[backend.alias], size=1, max_outstanding=1)
+def test_greenlet_killed_mid_query_closes_its_connection(make_app, hold, backend):
+    app = make_app(hold=hold, aliases=[backend.alias], size=1, max_outstanding=1)
 
     def job() -> None:
         with app.checkout():
@@ -107,8 +109,8 @@ def test_greenlet_killed_mid_query_closes_its_connection(make_app, backend):
     assert app.stats()[backend.alias]["opened"] == 2
 
 
-def test_forked_child_never_touches_inherited_connections(make_app, backend, tmp_path):
-    app = make_app(aliases=[backend.alias], size=1)
+def test_forked_child_never_touches_inherited_connections(make_app, hold, backend, tmp_path):
+    app = make_app(hold=hold, aliases=[backend.alias], size=1)
     parent = json.loads(call(app, f"/b/id/?alias={backend.alias}")[2])["id"]
     report = tmp_path / "child.json"
     pid = os.fork()

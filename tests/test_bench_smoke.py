@@ -19,7 +19,8 @@ def test_compare_quick_smoke(tmp_path):
     out = tmp_path / "bench"
     done = subprocess.run(
         [sys.executable, "-m", "bench.compare", "--quick", "--seconds", "1",
-         "--stacks", "persistent,wsgi_dbpool", "--scenarios", "throughput,streaming,storm",
+         "--stacks", "persistent,wsgi_dbpool,wsgi_dbpool_transaction",
+         "--scenarios", "throughput,streaming,storm,io",
          "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         timeout=300,
@@ -32,4 +33,6 @@ def test_compare_quick_smoke(tmp_path):
     assert ours["storm"]["peak"] <= 20 and ours["storm"]["errors"] == 0
     assert ours["storm"]["left_open"] <= 4
     assert "| wsgi_dbpool |" in done.stdout
+    per_transaction = results["wsgi_dbpool_transaction"]["io"]
+    assert per_transaction["errors"] == 0 and 0 < per_transaction["peak"] <= 20
     assert out.with_suffix(".png").stat().st_size > 10_000

@@ -323,20 +323,14 @@ def test_refused_combinations(db, pg_db):
     with pytest.raises(ValueError, match="hold='transaction' cannot go with reset='session'"):
         PoolingMiddleware(app, hold="transaction", reset="session", aliases=["default"])
     with pytest.raises(ImproperlyConfigured, match=r"DISABLE_SERVER_SIDE_CURSORS"):
-        PoolingMiddleware(app, hold="transaction", aliases=["pg"])
+        PoolingMiddleware(app, hold="transaction", aliases=["pg_tuned"])
     with pytest.raises(ValueError, match="hold must be one of"):
         PoolingMiddleware(app, hold="statement", aliases=["default"])
 
 
 def test_postgresql_in_transaction_mode(make_app, db, pg_db):
-    from django.conf import settings
-
-    settings.DATABASES["pg"]["DISABLE_SERVER_SIDE_CURSORS"] = True
-    try:
-        app = make_app(size=1, max_outstanding=2, aliases=["pg"], hold="transaction")
-        with serve(app) as address:
-            answers = [get(address, "/io/?alias=pg&wait=0.01") for _ in range(5)]
-    finally:
-        settings.DATABASES["pg"]["DISABLE_SERVER_SIDE_CURSORS"] = False
+    app = make_app(size=1, max_outstanding=2, aliases=["pg"], hold="transaction")
+    with serve(app) as address:
+        answers = [get(address, "/io/?alias=pg&wait=0.01") for _ in range(5)]
     assert [a.status for a in answers] == [200] * 5
     assert all(a.json()["in_use_while_waiting"] == 0 for a in answers)

@@ -283,7 +283,7 @@ def test_the_isolation_table_is_current(make_app, db, pg_db):
     )
 
 
-SEQUENCES = 24
+SEQUENCES = 12
 
 
 @pytest.mark.parametrize("mode", MODES)
