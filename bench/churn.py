@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from bench.harness import ensure_wrk, run_wrk, serving
-from tests.mariadb import MariaDBServer, ensure_installed
+from bench.harness import bench_database, run_wrk, serving
 
 STACKS = [
     ("persistent", "persistent connections (CONN_MAX_AGE=60)", {}),
@@ -29,11 +28,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--clients", type=int, default=10)
     args = parser.parse_args()
-    ensure_installed()
-    ensure_wrk()
     rows = []
-    with MariaDBServer(max_connections=100) as db:
-        db.create_items(rows=1000)
+    with bench_database() as db:
         for stack, label, env in STACKS:
             with serving(stack, db, env) as server:
                 run_wrk(server.url + "/query/", clients=args.clients, seconds=args.warmup)

@@ -29,8 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, PeakSampler, Server, ensure_wrk, run_wrk, serving
-from tests.mariadb import MariaDBServer, ensure_installed
+from bench.harness import ROOT, PeakSampler, Server, bench_database, run_wrk, serving
+from tests.mariadb import MariaDBServer
 from tests.servers import child_env
 
 STACKS = {
@@ -295,11 +295,8 @@ def main() -> None:
         parser.error(f"unknown stack or scenario {unknown}; stacks: {list(STACKS)}, "
                      f"scenarios: {list(SCENARIOS)}")
 
-    ensure_installed()
-    ensure_wrk()
     results: dict[str, dict[str, Any]] = {}
-    with MariaDBServer(max_connections=100) as db:
-        db.create_items(rows=1000)
+    with bench_database() as db:
         limit = storm_limit(db, args.max_outstanding, args.storm_seconds) if "storm" in scenarios else 0
         # Rated scenarios run in rounds, the stacks interleaved, and report the median
         # round: these 2-core VMs are noisy, and neighbours in time share the noise.

@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.mariadb import MariaDBServer  # noqa: E402
+from tests.mariadb import MariaDBServer, ensure_installed  # noqa: E402
 from tests.servers import Gunicorn, PeakSampler, child_env, ensure_binary  # noqa: E402
 
-__all__ = ["ROOT", "PeakSampler", "Server", "ensure_wrk", "run_wrk", "serving"]
+__all__ = ["ROOT", "PeakSampler", "Server", "bench_database", "ensure_wrk", "run_wrk", "serving"]
 
 
 def ensure_wrk() -> str:
@@ -80,3 +80,14 @@ def serving(stack: str, db: MariaDBServer, env: dict[str, str]) -> Iterator[Serv
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def bench_database(max_connections: int = 100) -> Iterator[MariaDBServer]:
+    """A throwaway MariaDB with the ``items`` table (1,000 rows) the bench views query;
+    MariaDB and wrk installed first when missing."""
+    ensure_installed()
+    ensure_wrk()
+    with MariaDBServer(max_connections=max_connections) as db:
+        db.create_items(rows=1000)
+        yield db

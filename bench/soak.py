@@ -24,8 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, Server, ensure_wrk, run_wrk
-from tests.mariadb import MariaDBServer, ensure_installed
+from bench.harness import ROOT, Server, bench_database, run_wrk
 
 
 def workers_of(master: int) -> list[int]:
@@ -66,13 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     seconds = args.minutes * 60
 
-    ensure_installed()
-    ensure_wrk()
     samples: list[dict[str, Any]] = []
     faults: list[str] = []
     loads: dict[str, dict[str, Any]] = {}
-    with MariaDBServer(max_connections=100) as db:
-        db.create_items(rows=1000)
+    with bench_database() as db:
         server = Server("wsgi_dbpool", db, {"POOL_MAX_OUTSTANDING": "20", "BENCH_WORKERS": "2"})
         try:
             def load(name: str, path: str, clients: int) -> None:

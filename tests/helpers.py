@@ -43,6 +43,26 @@ def wait_until(
         gevent.sleep(0.01)
 
 
+class Ticker:
+    """Counts every ``every`` seconds in a greenlet: if a wait blocks the gevent hub, the
+    count stalls. A context manager; ``ticks`` is the count so far."""
+
+    def __init__(self, every: float = 0.01) -> None:
+        self.ticks = 0
+        self._greenlet = gevent.spawn(self._run, every)
+
+    def _run(self, every: float) -> None:
+        while True:
+            self.ticks += 1
+            gevent.sleep(every)
+
+    def __enter__(self) -> Ticker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._greenlet.kill()
+
+
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """A real gevent WSGI server on a free loopback port; yields its address."""

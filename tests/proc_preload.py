@@ -26,6 +26,8 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 
+from tests.helpers import Ticker  # noqa: E402
+
 
 def job() -> int:
     with app.checkout():
@@ -36,20 +38,9 @@ def job() -> int:
         return second
 
 
-ticks = 0
-
-
-def ticker() -> None:
-    global ticks
-    while True:
-        ticks += 1
-        gevent.sleep(0.01)
-
-
-tick = gevent.spawn(ticker)
-started = time.monotonic()
-jobs = [gevent.spawn(job) for _ in range(3)]  # the third waits for a slot
-gevent.joinall(jobs, timeout=20, raise_error=True)
-elapsed = time.monotonic() - started
-tick.kill()
-print(json.dumps({"ids": [j.value for j in jobs], "elapsed": elapsed, "ticks": ticks}))
+with Ticker() as ticker:
+    started = time.monotonic()
+    jobs = [gevent.spawn(job) for _ in range(3)]  # the third waits for a slot
+    gevent.joinall(jobs, timeout=20, raise_error=True)
+    elapsed = time.monotonic() - started
+print(json.dumps({"ids": [j.value for j in jobs], "elapsed": elapsed, "ticks": ticker.ticks}))

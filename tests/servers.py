@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 logger = logging.getLogger("tests.servers")
 
@@ -359,3 +359,11 @@ def run_until_interrupted(server: Any, describe: Callable[[], str]) -> None:
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
+
+
+if TYPE_CHECKING:  # mypy checks that both harnesses speak the protocol
+    from tests.mariadb import MariaDBServer
+    from tests.postgres import PostgresServer
+
+    def _speak_the_protocol(m: MariaDBServer, p: PostgresServer) -> tuple[DatabaseServer, DatabaseServer]:
+        return m, p

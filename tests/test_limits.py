@@ -8,7 +8,7 @@ import time
 import gevent
 import pytest
 
-from tests.helpers import call, get, serve, wait_until
+from tests.helpers import Ticker, call, get, serve, wait_until
 from tests.servers import PeakSampler
 
 
@@ -94,29 +94,17 @@ def test_checkout_raises_pool_timeout(make_app, db):
 
 
 def test_waiting_does_not_block_the_hub(make_app, db):
+    from wsgi_dbpool import PoolTimeout
+
     app = make_app(size=1, max_outstanding=1, timeout=1)
-    ticks = 0
 
-    def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            gevent.sleep(0.01)
-
-    tick = gevent.spawn(ticker)
-    try:
+    def waiter():
         with app.checkout():
-            from wsgi_dbpool import PoolTimeout
+            pass
 
-            def waiter():
-                with app.checkout():
-                    pass
-
-            with pytest.raises(PoolTimeout):
-                gevent.spawn(waiter).get(timeout=5)
-    finally:
-        tick.kill()
-    assert ticks >= 50  # the ticker ran all through the one-second wait
+    with Ticker() as ticker, app.checkout(), pytest.raises(PoolTimeout):
+        gevent.spawn(waiter).get(timeout=5)
+    assert ticker.ticks >= 50  # the ticker ran all through the one-second wait
 
 
 def test_killed_waiter_loses_no_slot(make_app, db):

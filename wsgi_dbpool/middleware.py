@@ -15,6 +15,7 @@ from .errors import PoolTimeout
 from .front import Work
 from .holds import HoldWatch
 from .lease import ConnectionSlots, Lease, interrupted
+from .pool import Pool
 from .response import ClosingIterable, hook_file_wrapper
 from .settings import HoldMode, PoolSettings, ResetMode, check_seconds
 
@@ -269,6 +270,10 @@ class PoolingMiddleware:
             raise
         else:
             lease.release()
+
+    def pools(self) -> dict[str, Pool[Any]]:
+        """The pool mechanism behind each alias (for exporters such as Prometheus)."""
+        return {p.alias: p.pool for p in self._pools}
 
     def stats(self) -> dict[str, dict[str, int | float | None]]:
         """This process's pool, per alias, as a flat dict of numbers.
