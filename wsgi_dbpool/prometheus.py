@@ -140,15 +140,8 @@ def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) ->
 
 
 def pools(middleware: PoolingMiddleware) -> dict[str, Pool[Any]]:
-    """The middleware's pools by alias, for their wait histograms.
-
-    ``PoolingMiddleware.pools()`` when the middleware has it; until then this is the one
-    place that reaches inside the middleware.
-    """
-    accessor = getattr(middleware, "pools", None)
-    if callable(accessor):
-        return dict(accessor())
-    return {alias_pool.alias: alias_pool.pool for alias_pool in middleware._pools}
+    """The middleware's pools by alias, for their wait histograms (its public accessor)."""
+    return middleware.pools()
 
 
 def _bound(bound: float) -> str:
