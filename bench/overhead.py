@@ -119,8 +119,22 @@ def main() -> None:
     n, rounds = args.n, args.rounds
     bare = median_us(serve(inner), n, rounds)
     pooled = median_us(serve(app), n, rounds)
+    per_transaction = PoolingMiddleware(
+        inner, size=4, max_outstanding=20, aliases=["default"], hold="transaction"
+    )
+    lazy_request = median_us(serve(per_transaction), n, rounds)  # no query: nothing taken
+    with per_transaction.checkout():
+        front = connections["default"]
+
+        def statement_cycle() -> None:  # what every statement adds: attach, then detach
+            front.ensure_connection()
+            front._wsgi_dbpool_front.detach_if_idle(front)
+
+        per_statement = median_us(statement_cycle, n, rounds)
     figures = {
         "wsgi_dbpool middleware (per request, minus the bare app)": pooled - bare,
+        "hold=\"transaction\": per request, before any statement (minus the bare app)": lazy_request - bare,
+        "hold=\"transaction\": per statement (take a connection, give it back)": per_statement,
         "SQLAlchemy QueuePool checkout+checkin": median_us(queue_pool_cycle, n, rounds),
         "bare deque + lock, pop+append": median_us(deque_cycle, n, rounds),
         "Django binding alone (connections[alias] = w; del)": median_us(django_bind_cycle, n, rounds),
@@ -136,6 +150,8 @@ def main() -> None:
     print(f"\n(bare inner app alone: {bare:.2f} µs; through the middleware: {pooled:.2f} µs)")
     stats = app.stats()["default"]
     assert stats["opened"] == 1 and stats["in_use"] == 0, stats
+    stats = per_transaction.stats()["default"]
+    assert stats["opened"] == 1 and stats["in_use"] == 0 and stats["checkouts"] > n, stats
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"figures_us": figures, "bare_us": bare, "n": n, "rounds": rounds}, fh, indent=2)

@@ -79,6 +79,17 @@ def slow(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"held_seconds": seconds, "notes": count})
 
 
+def api(request: HttpRequest) -> JsonResponse:
+    """A view that waits on an external API (an LLM, a payment provider) between two
+    queries: what ``hold="transaction"`` is for. The wait is 50 ms (?ms=, at most 2000),
+    cooperative under gevent, as an HTTP call would be."""
+    wait = min(float(request.GET.get("ms", "50")), 2000.0) / 1000
+    before = Note.objects.count()
+    time.sleep(wait)  # the "API call": no database work, and, per transaction, no connection
+    latest = Note.objects.order_by("-id").values_list("id", flat=True).first()
+    return JsonResponse({"notes": before, "latest": latest, "waited_seconds": wait})
+
+
 def health(request: HttpRequest) -> HttpResponse:
     """Touches no database; wsgi.py skips the pool for it, so it never queues."""
     return HttpResponse("ok", content_type="text/plain")
@@ -99,6 +110,7 @@ def _pool_state(request: HttpRequest) -> dict:
             "max_outstanding": middleware.max_outstanding,
             "timeout": middleware.timeout,
             "linger": middleware.linger,
+            "hold": middleware.hold,
         }
     return state
 

@@ -193,7 +193,17 @@ class Front:
 
 def _reset_work_state(wrapper: Any) -> None:
     """What the next work must not inherit from this one (the verdict closed what it had)."""
-    _internals.reset_transaction_state(wrapper)
+    if (
+        wrapper.in_atomic_block
+        or wrapper.atomic_blocks
+        or wrapper.savepoint_ids
+        or wrapper.run_on_commit
+        or wrapper.run_commit_hooks_on_set_autocommit_on
+        or wrapper.needs_rollback
+        or wrapper.closed_in_transaction
+        or wrapper.errors_occurred
+    ):
+        _internals.reset_transaction_state(wrapper)
     wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
     if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters
         wrapper.queries_log.clear()

@@ -72,7 +72,7 @@ def test_pool_page_renders_and_refreshes(start_demo, browser, tmp_path):
         return int(browser.execute_script("return document.getElementById('refreshes').textContent") or 0)
 
     wait_until(lambda: field("in_use") == "0" and refreshes() >= 1, timeout=20, what="first render")
-    assert "size 4 · max_outstanding 6" in browser.find_element(By.ID, "status").text
+    assert "hold request · size 4 · max_outstanding 6" in browser.find_element(By.ID, "status").text
 
     # Three slow reports hold three connections: the page must show it on its own.
     holders = [gevent.spawn(get, demo.address, "/slow?seconds=4") for _ in range(3)]
