@@ -21,6 +21,7 @@ application = PoolingMiddleware(
     size=int(os.environ.get("TEST_POOL_SIZE", "2")),
     max_outstanding=int(os.environ.get("TEST_POOL_MAX_OUTSTANDING", "4")),
     timeout=10,
+    hold=os.environ.get("TEST_POOL_HOLD", "request"),  # type: ignore[arg-type]
     skip=lambda environ: environ["PATH_INFO"] == "/metrics/",
 )
 PID = os.getpid()

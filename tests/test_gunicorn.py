@@ -32,8 +32,9 @@ def test_graceful_stop_and_aborted_connections(db, close_on_exit):
         assert db.status("Aborted_clients") > aborted
 
 
-def test_preload_workers_never_share_a_connection(db):
-    with gunicorn(db, "--preload", "-w", "2") as (address, _):
+@pytest.mark.parametrize("hold", ["request", "transaction"])
+def test_preload_workers_never_share_a_connection(db, hold):
+    with gunicorn(db, "--preload", "-w", "2", TEST_POOL_HOLD=hold) as (address, _):
         seen: dict[int, set[int]] = {}
         deadline = time.monotonic() + 30
         while len(seen) < 2 and time.monotonic() < deadline:
@@ -43,8 +44,9 @@ def test_preload_workers_never_share_a_connection(db):
                 # 500 here: a greenlet was handed another greenlet's connection mid-request
                 assert job.value.status == 200, job.value.body[-300:]
                 body = job.value.json()
-                assert body["first"] == body["second"]
-                seen.setdefault(body["pid"], set()).add(body["first"])
+                if hold == "request":  # one connection for the whole request
+                    assert body["first"] == body["second"]
+                seen.setdefault(body["pid"], set()).update((body["first"], body["second"]))
         server_ids = {row["id"] for row in db.processlist("app")}
     assert len(seen) == 2, "both workers should have answered"
     first, second = seen.values()

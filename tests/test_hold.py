@@ -334,3 +334,17 @@ def test_postgresql_in_transaction_mode(make_app, db, pg_db):
         answers = [get(address, "/io/?alias=pg&wait=0.01") for _ in range(5)]
     assert [a.status for a in answers] == [200] * 5
     assert all(a.json()["in_use_while_waiting"] == 0 for a in answers)
+
+
+# -- hold_warning measures holds -------------------------------------------------------------
+
+
+def test_hold_warning_measures_holds_not_requests(make_app, db, caplog):
+    app = make_app(size=1, hold="transaction", hold_warning=0.3)
+    with caplog.at_level(logging.INFO, logger="wsgi_dbpool"), serve(app) as address:
+        # 0.6 s in the view but a few milliseconds holding a connection: no warning.
+        assert get(address, "/io/?wait=0.6").status == 200
+        assert "has held" not in caplog.text
+        # 0.6 s holding one, inside a query: named.
+        assert get(address, "/sleep/600/").status == 200
+    assert "GET /sleep/600/ has held its connections" in caplog.text
