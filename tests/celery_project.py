@@ -73,6 +73,16 @@ def query_then_wait(seconds: float) -> int:
 
 
 @app.task
+def query_wait_query(seconds: float) -> list[float]:
+    """A query, ``seconds`` waiting on something else, a query: when the task ran."""
+    started = time.monotonic()
+    _connection_id()
+    time.sleep(seconds)
+    _connection_id()
+    return [started, time.monotonic()]
+
+
+@app.task
 def fail() -> None:
     _connection_id()
     raise ValueError("the task failed, as asked")

@@ -290,3 +290,24 @@ def test_other_pools_bound_reuse_and_shut_down_cleanly(
     assert server.status("Aborted_clients") == aborted
     # worker_shutdown in the main process; worker_process_shutdown in each prefork child
     assert worker.log_path.read_text().count("idle connection(s) of 'default'") >= processes
+
+
+@pytest.mark.slow
+def test_gevent_tasks_per_transaction_share_the_cap_between_their_queries(
+    client, server, redis_server, tmp_path_factory
+):
+    cap = {**CAP, "hold": "transaction"}
+    worker = CeleryWorker(client, server, redis_server, tmp_path_factory.mktemp("celery"),
+                          "gevent", 50, cap)
+    try:
+        with Peak(server) as connections:
+            results = [worker.send("query_wait_query", 0.2) for _ in range(40)]
+            spans = [r.get(timeout=60) for r in results]
+        stats = _stats(worker)
+    finally:
+        worker.stop()
+    assert connections.peak <= cap["max_outstanding"]
+    # More tasks ran at once than there are connections: they held one only per query.
+    most_at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most_at_once > cap["max_outstanding"]
+    assert stats["checkouts"] >= 80 and stats["timeouts"] == 0

@@ -85,6 +85,7 @@ class TaskPool:
         linger: float,
         hold_warning: float | None,
         reset: str,
+        hold: str = "request",
     ) -> None:
         self.app = app
         self.size = size
@@ -95,10 +96,11 @@ class TaskPool:
         self.linger = linger
         self.hold_warning = hold_warning
         self.reset = reset
+        self.hold = hold
         self._arguments: dict[str, Any] = {
             "size": size, "max_outstanding": max_outstanding, "timeout": timeout,
             "aliases": aliases if self.aliases is None else self.aliases,
-            "ping_after": ping_after, "linger": linger, "reset": reset,
+            "ping_after": ping_after, "linger": linger, "reset": reset, "hold": hold,
         }
         self._middleware: PoolingMiddleware | None = None
         self._holds: HoldWatch | None = None
@@ -237,6 +239,7 @@ def pool_tasks(
     linger: float = 5.0,
     hold_warning: float | None = None,
     reset: str = "transaction",
+    hold: str = "request",
 ) -> TaskPool:
     """Serve every task of the Celery ``app`` with pooled connections, capped per process::
 
@@ -259,6 +262,8 @@ def pool_tasks(
     to the database until a task runs.
 
     Works with the ``gevent``, ``threads``, ``solo`` and (forked) ``prefork`` pools.
+    ``hold="lazy"`` or ``"transaction"`` work for tasks as for requests: a task that waits
+    on an API between its queries holds a connection only while it queries.
     """
     from celery import Celery
 
@@ -275,7 +280,7 @@ def pool_tasks(
         )
     pool = TaskPool(
         app, size=size, max_outstanding=max_outstanding, timeout=timeout, aliases=aliases,
-        ping_after=ping_after, linger=linger, hold_warning=hold_warning, reset=reset,
+        ping_after=ping_after, linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
     )
     if _django_ready():
         pool._pool()  # check the arguments now
