@@ -13,7 +13,7 @@ import time
 import gevent
 import pytest
 
-from tests.helpers import environ_for, get, serve, wait_until
+from tests.helpers import call, environ_for, get, serve, wait_until
 from tests.servers import PeakSampler
 
 pytestmark = pytest.mark.mariadb
@@ -348,3 +348,28 @@ def test_hold_warning_measures_holds_not_requests(make_app, db, caplog):
         # 0.6 s holding one, inside a query: named.
         assert get(address, "/sleep/600/").status == 200
     assert "GET /sleep/600/ has held its connections" in caplog.text
+
+
+def test_a_view_that_handles_the_timeout_itself_keeps_its_answer(make_app, db):
+    from django.db import connection
+    from django.http import HttpResponse
+
+    from wsgi_dbpool import PoolTimeout
+
+    def view_with_fallback(environ, start_response):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            body = b"fresh"
+        except PoolTimeout:
+            body = b"from the cache"
+        response = HttpResponse(body)
+        start_response("200 OK", list(response.items()))
+        return [body]
+
+    app = make_app(view_with_fallback, size=1, max_outstanding=1, timeout=0.1, hold="transaction")
+    holder = gevent.spawn(_hold_in_transaction, app, 0.5)
+    wait_until(lambda: _in_use(app) == 1, what="the only slot taken")
+    status, _, body = call(app, "/")
+    holder.join(timeout=5)
+    assert (status, body) == ("200 OK", b"from the cache")

@@ -186,7 +186,9 @@ class PoolingMiddleware:
         unavailable: list[Iterable[bytes]] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if work.timed_out is not None and not unavailable:
+            # A 500 after a wait at the cap timed out: the PoolTimeout escaped the view. (A
+            # view that caught it and answered on its own is left alone.)
+            if work.timed_out is not None and status[:3] == "500" and not unavailable:
                 unavailable.append(self._unavailable(work.timed_out, environ, start_response))
                 return lambda data: None
             return start_response(status, headers, exc_info)
