@@ -166,7 +166,7 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"{meta['machine']}; one gunicorn gevent worker per stack; MariaDB max_connections=100; "
         f"pools size=4, max_outstanding={meta['max_outstanding']}; wrk; `{meta['command']}`; "
-        f"throughput and steady: median of {meta['rounds']} interleaved round(s)",
+        f"throughput, steady, io and io_first: median of {meta['rounds']} interleaved round(s)",
         "",
     ]
 
@@ -242,7 +242,6 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stacks = list(results)
     panels = [
         panel for panel in (
             ("throughput", "rps", "throughput, requests/s"),
@@ -256,7 +255,8 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     axes = axes[0]
     for ax, (scenario, key, title) in zip(axes, panels, strict=True):
-        values = [results[s].get(scenario, {}).get(key, 0) for s in stacks]
+        stacks = [s for s in results if scenario in results[s]]
+        values = [results[s][scenario].get(key, 0) for s in stacks]
         colors = ["#2f6fdf" if s.startswith("wsgi_dbpool") else "#9aa5b1" for s in stacks]
         bars = ax.barh(stacks, values, color=colors)
         for bar, stack in zip(bars, stacks, strict=True):
@@ -336,7 +336,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}, {platform.machine()}",
-        "command": "python -m bench.compare" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m bench.compare", *sys.argv[1:]]),
         "max_outstanding": args.max_outstanding,
         "rounds": args.rounds,
         "storm_limit_rps": round(limit, 1),
