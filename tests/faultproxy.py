@@ -4,6 +4,8 @@ Runs inside the (gevent-patched) test process: one greenlet per direction per
 connection. ``mode`` applies to traffic from now on: ``pass``; ``blackhole`` (accept,
 forward nothing: reads hang until the driver's timeout); ``reset`` (abort every open
 connection and refuse new ones with an RST); ``slow`` (delay each chunk by ``delay``).
+:meth:`blackhole_open` silences only the connections open now (new ones pass), and
+:meth:`retarget` sends new connections to another server (a failover's new address).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class FaultProxy:
         self.mode = "pass"
         self.delay = delay
         self._sockets: set[socket.socket] = set()
+        self._silenced: set[socket.socket] = set()
         self._server = StreamServer(("127.0.0.1", 0), self._handle)
         self._server.start()
         self.port = self._server.server_port
@@ -29,9 +32,20 @@ class FaultProxy:
     def set_mode(self, mode: str) -> None:
         assert mode in ("pass", "blackhole", "reset", "slow"), mode
         self.mode = mode
+        if mode == "pass":
+            self._silenced.clear()
         if mode == "reset":
             for sock in list(self._sockets):
                 self._abort(sock)
+
+    def retarget(self, port: int) -> None:
+        """New connections go to ``port`` from now on; open ones stay where they are."""
+        self.target = ("127.0.0.1", port)
+
+    def blackhole_open(self) -> None:
+        """Forward nothing more on the connections open now (a silently dropped link);
+        connections made after this call pass. ``set_mode("pass")`` lifts it."""
+        self._silenced.update(self._sockets)
 
     def stop(self) -> None:
         self._server.stop(timeout=1)
@@ -61,6 +75,7 @@ class FaultProxy:
         gevent.joinall(pumps)
         for sock in (client, upstream):
             self._sockets.discard(sock)
+            self._silenced.discard(sock)
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -70,7 +85,7 @@ class FaultProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                while self.mode == "blackhole":
+                while self.mode == "blackhole" or source in self._silenced:
                     gevent.sleep(0.05)  # hold everything: the peer sees silence
                 if self.mode == "slow":
                     gevent.sleep(self.delay)

@@ -22,5 +22,6 @@ application = PoolingMiddleware(
     max_outstanding=int(os.environ.get("TEST_POOL_MAX_OUTSTANDING", "4")),
     timeout=10,
     skip=lambda environ: environ["PATH_INFO"] == "/metrics/",
+    prewarm=int(os.environ.get("TEST_PREWARM", "0")),
 )
 PID = os.getpid()

@@ -61,11 +61,16 @@ class _ProcessState(Generic[T]):
 
     __slots__ = (
         "checkouts",
+        "connect_histogram",
+        "connect_seconds",
+        "connects",
         "created",
         "discarded",
         "events",
         "generation",
         "handoffs",
+        "hold_histogram",
+        "hold_seconds",
         "idle",
         "lock",
         "outstanding",
@@ -93,6 +98,11 @@ class _ProcessState(Generic[T]):
         self.events: dict[str, int] = {}
         self.wait_histogram = [0] * (len(WAIT_BUCKETS) + 1)  # finished waits per bucket
         self.reaping = False  # a timer will close what lingers beyond size
+        self.hold_seconds = 0.0  # checkout to return, over every return
+        self.hold_histogram = [0] * (len(WAIT_BUCKETS) + 1)
+        self.connects = 0  # connect attempts, and the seconds they took
+        self.connect_seconds = 0.0
+        self.connect_histogram = [0] * (len(WAIT_BUCKETS) + 1)
 
 
 # Objects a forked child inherited idle from its parent. They are kept referenced so
@@ -244,8 +254,10 @@ class Pool(Generic[T]):
 
     # -- return ------------------------------------------------------------------
 
-    def release(self, obj: T, *, reusable: bool) -> None:
+    def release(self, obj: T, *, reusable: bool, held: float | None = None) -> None:
         """Give back a checked-out object; exactly once per successful :meth:`acquire`.
+
+        ``held``: seconds since it was checked out, for the hold-time histogram.
 
         With someone waiting, the object (reusable or not: the caller has already
         made it safe, e.g. closed its connection) goes straight to them. Otherwise a
@@ -259,6 +271,9 @@ class Pool(Generic[T]):
         with state.lock:
             if state.outstanding <= 0:
                 raise RuntimeError(f"pool {self.name!r}: release without a checkout")
+            if held is not None:
+                state.hold_seconds += held
+                state.hold_histogram[bisect.bisect_left(WAIT_BUCKETS, held)] += 1
             if state.waiters:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
@@ -315,6 +330,34 @@ class Pool(Generic[T]):
             else:
                 state.outstanding -= 1
 
+    def add_idle(self, obj: T) -> bool:
+        """Put a new object (made by the caller, e.g. pre-warmed) into the pool, outside
+        any slot: the oldest idle if fewer than ``size`` are idle or checked out, or
+        straight to a waiter. False: no room, the caller disposes of it."""
+        state = self._current()
+        with state.lock:
+            if state.waiters:
+                state.outstanding += 1
+                state.created += 1
+                state.handoffs += 1
+                state.waiters.popleft().serve(obj)
+                return True
+            if len(state.idle) + state.outstanding >= self.size:
+                return False
+            state.created += 1
+            # The left end: LIFO checkouts reach it last, so it does not push a warm
+            # connection out of the way.
+            state.idle.appendleft((obj, time.monotonic()))
+            return True
+
+    def note_connect(self, seconds: float) -> None:
+        """Count one connect attempt that took ``seconds``."""
+        state = self._current()
+        with state.lock:
+            state.connects += 1
+            state.connect_seconds += seconds
+            state.connect_histogram[bisect.bisect_left(WAIT_BUCKETS, seconds)] += 1
+
     # -- maintenance -------------------------------------------------------------
 
     def drain_idle(self) -> int:
@@ -348,6 +391,18 @@ class Pool(Generic[T]):
             cumulative.append((bound, running))
         return cumulative, seconds, total
 
+    def hold_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Time from checkout to return, over every return: as :meth:`wait_histogram`."""
+        state = self._current()
+        with state.lock:
+            return _cumulative(state.hold_histogram, 0, state.hold_seconds)
+
+    def connect_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Time each connect attempt took: as :meth:`wait_histogram`."""
+        state = self._current()
+        with state.lock:
+            return _cumulative(state.connect_histogram, 0, state.connect_seconds)
+
     def stats(self) -> dict[str, int | float | None]:
         """A flat snapshot of this process's counts; see :meth:`PoolingMiddleware.stats`."""
         state = self._current()
@@ -365,5 +420,19 @@ class Pool(Generic[T]):
                 "handoffs": state.handoffs,
                 "created": state.created,
                 "discarded": state.discarded,
+                "hold_seconds": round(state.hold_seconds, 6),
+                "connects": state.connects,
+                "connect_seconds": round(state.connect_seconds, 6),
                 **state.events,
             }
+
+
+def _cumulative(
+    counts: list[int], below_all: int, seconds: float
+) -> tuple[list[tuple[float, int]], float, int]:
+    """Per-bucket counts as cumulative (bound, count) pairs, the sum and the count."""
+    cumulative, running = [], below_all
+    for bound, count in zip((*WAIT_BUCKETS, float("inf")), counts, strict=True):
+        running += count
+        cumulative.append((bound, running))
+    return cumulative, seconds, running
