@@ -89,6 +89,25 @@ def test_a_read_only_error_moves_the_pool_to_the_new_server(
     assert caplog.text.count("failover on 'proxied'") == 1
 
 
+def test_a_connection_busy_during_the_failover_is_not_handed_out_again(
+    make_app, db, fault_proxy, failed_over
+):
+    server_b = failed_over
+    app = make_app(aliases=["proxied"], size=2, max_outstanding=2)
+    warm = [gevent.spawn(call, app, "/b/sleep/100/?alias=proxied") for _ in range(2)]
+    gevent.joinall(warm, timeout=20, raise_error=True)
+    reading = gevent.spawn(call, app, "/b/sleep/500/?alias=proxied")  # a read on A, under way
+    gevent.sleep(0.1)
+    fault_proxy.retarget(server_b.port)
+    db.set_global("read_only", 1)
+    assert _insert(app, "noticed")[0] == 500  # the other A connection notices the failover
+    reading.join(timeout=10)
+    assert reading.value[0].startswith("200")  # a read works on A: it comes back clean
+    ids = {_insert(app, f"after{i}")[1] for i in range(5)}
+    assert ids <= {row["id"] for row in server_b.processlist("app")}
+    assert db.connection_count("app") == 0
+
+
 def test_failover_errors_are_recognised_by_code():
     import psycopg.errors
     import pymysql.err

@@ -166,6 +166,9 @@ class AliasPool:
         expires = getattr(wrapper, _EXPIRES)
         if expires is not None and now >= expires and wrapper.connection is not None:
             self._close(wrapper, PAST_LIFETIME)  # never handed out past it: reconnects
+        if getattr(wrapper, _OPENED_AT) < self._failover_at and wrapper.connection is not None:
+            # Busy during a failover and returned clean: it still points at the old server.
+            self._close(wrapper, "opened before the last failover")
         if (
             idle_since is not None
             and self.ping_after is not None
