@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,9 +77,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, ask_stop)
     signal.signal(signal.SIGINT, ask_stop)
 
-    with database(args.db) as (db_env, description):
+    with database(args.db) as (db_env, description), \
+            tempfile.TemporaryDirectory(prefix="wsgi_dbpool-demo-") as pool_dir:
         env = {
             **os.environ, **db_env, "DJANGO_SETTINGS_MODULE": "demo.settings",
+            "DEMO_POOL_DIR": pool_dir,  # each worker's pool numbers, for /pool/ (demo/workers.py)
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         run_django(env, "migrate", "--no-input", "-v", "0")
