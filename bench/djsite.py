@@ -86,6 +86,13 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+def write(request: HttpRequest) -> HttpResponse:
+    """One INSERT into ``app.writes`` (the soak's failover step needs writes to notice it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO writes (at) VALUES (NOW(6))")
+    return HttpResponse("ok")
+
+
 def nodb(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
@@ -101,7 +108,7 @@ def stats(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb),
-    path("stats/", stats),
+    path("stats/", stats), path("write/", write),
 ]
 
 

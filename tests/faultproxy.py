@@ -10,7 +10,9 @@ connection and refuse new ones with an RST); ``slow`` (delay each chunk by ``del
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import signal
 import socket
 import struct
 
@@ -95,3 +97,31 @@ class FaultProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+def main() -> None:
+    """``python -m tests.faultproxy --target A [--alternate B]``: a proxy in its own
+    process (for the soak); prints its port, and each SIGUSR1 swaps the target with the
+    alternate for new connections (a failover to B, and back)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    parser = argparse.ArgumentParser(prog="python -m tests.faultproxy")
+    parser.add_argument("--target", type=int, required=True)
+    parser.add_argument("--alternate", type=int)
+    args = parser.parse_args()
+    proxy = FaultProxy(args.target)
+    ports = [args.target, args.alternate or args.target]
+
+    def swap() -> None:
+        ports.reverse()
+        proxy.retarget(ports[0])
+
+    gevent.signal_handler(signal.SIGUSR1, swap)
+    gevent.signal_handler(signal.SIGTERM, proxy.stop)
+    print(proxy.port, flush=True)
+    proxy._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
