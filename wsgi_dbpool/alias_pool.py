@@ -161,14 +161,12 @@ class AliasPool:
         # Ownership moves to the caller; Django checks it on every use.
         set_owner(wrapper, ident)
         wrapper._wsgi_dbpool_holder = ident
-        now = time.monotonic()
-        setattr(wrapper, _TAKEN, now)
-        expires = getattr(wrapper, _EXPIRES)
-        if expires is not None and now >= expires and wrapper.connection is not None:
-            self._close(wrapper, PAST_LIFETIME)  # never handed out past it: reconnects
-        if getattr(wrapper, _OPENED_AT) < self._failover_at and wrapper.connection is not None:
-            # Busy during a failover and returned clean: it still points at the old server.
-            self._close(wrapper, "opened before the last failover")
+        wrapper._wsgi_dbpool_taken = now = time.monotonic()  # _TAKEN, for the hold time
+        if wrapper.connection is not None and (
+            wrapper._wsgi_dbpool_opened_at < self._failover_at  # _OPENED_AT
+            or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
+        ):
+            self._retire(wrapper, now)
         if (
             idle_since is not None
             and self.ping_after is not None
@@ -179,6 +177,14 @@ class AliasPool:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
+
+    def _retire(self, wrapper: Wrapper, now: float) -> None:
+        """Close a connection that must not be handed out; the wrapper reconnects."""
+        if getattr(wrapper, _OPENED_AT) < self._failover_at:
+            # Busy during a failover and returned clean: it still points at the old server.
+            self._close(wrapper, "opened before the last failover")
+        else:
+            self._close(wrapper, PAST_LIFETIME)
 
     def _check_alive(self, wrapper: Wrapper) -> None:
         # One round trip (a ping), paid only after ping_after seconds idle, and bounded
@@ -236,11 +242,11 @@ class AliasPool:
         if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on
             wrapper.queries_log.clear()
         action, reason = judge(wrapper, broken, self.reset_session)
-        held = time.monotonic() - getattr(wrapper, _TAKEN)
+        taken = wrapper._wsgi_dbpool_taken  # _TAKEN
         if action is KEEP:  # the clean path, decided from memory alone
             wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
             set_owner(wrapper, NOBODY)
-            self.pool.release(wrapper, reusable=True, held=held)
+            self.pool.release(wrapper, reusable=True, taken=taken)
             return
         giving = wrapper
         try:
@@ -252,7 +258,7 @@ class AliasPool:
                 raise
         finally:
             set_owner(giving, NOBODY)
-            self.pool.release(giving, reusable=True, held=held)
+            self.pool.release(giving, reusable=True, taken=taken)
 
     def _carry_out(self, wrapper: Wrapper, action: str, reason: str) -> Wrapper:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""

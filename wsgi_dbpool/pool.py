@@ -254,10 +254,10 @@ class Pool(Generic[T]):
 
     # -- return ------------------------------------------------------------------
 
-    def release(self, obj: T, *, reusable: bool, held: float | None = None) -> None:
+    def release(self, obj: T, *, reusable: bool, taken: float | None = None) -> None:
         """Give back a checked-out object; exactly once per successful :meth:`acquire`.
 
-        ``held``: seconds since it was checked out, for the hold-time histogram.
+        ``taken``: when (``time.monotonic()``) it was checked out, for the hold times.
 
         With someone waiting, the object (reusable or not: the caller has already
         made it safe, e.g. closed its connection) goes straight to them. Otherwise a
@@ -268,23 +268,27 @@ class Pool(Generic[T]):
         if state is None or state.generation != _concurrency._fork_generation:
             state = self._new_state()
         surplus = start_reaper = False
+        now = time.monotonic()
         with state.lock:
             if state.outstanding <= 0:
                 raise RuntimeError(f"pool {self.name!r}: release without a checkout")
-            if held is not None:
+            if taken is not None:
+                held = now - taken
                 state.hold_seconds += held
-                state.hold_histogram[bisect.bisect_left(WAIT_BUCKETS, held)] += 1
+                # Most holds are in the first bucket: no search for them.
+                bucket = 0 if held <= WAIT_BUCKETS[0] else bisect.bisect_left(WAIT_BUCKETS, held)
+                state.hold_histogram[bucket] += 1
             if state.waiters:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
             else:
                 state.outstanding -= 1
                 if reusable and len(state.idle) < self.size:
-                    state.idle.append((obj, time.monotonic()))
+                    state.idle.append((obj, now))
                 elif reusable and self.linger > 0:
                     # Over size, but the next request may be a moment away: let it
                     # linger rather than close it now and open another then (churn).
-                    state.idle.append((obj, time.monotonic()))
+                    state.idle.append((obj, now))
                     start_reaper = not state.reaping
                     state.reaping = True
                 else:
