@@ -123,3 +123,32 @@ def test_failover_errors_are_recognised_by_code():
     wrapped = RuntimeError("django's copy")  # Django raises its own class `from` the driver's
     wrapped.__cause__ = psycopg.errors.AdminShutdown()
     assert failover_error(wrapped) is not None
+
+
+@pytest.fixture
+def pg_read_only(postgres) -> Iterator[None]:
+    """Every PostgreSQL session read-only from its next statement, as on a demoted primary."""
+    postgres.kill_user("app")
+    yield
+    postgres.admin_query("ALTER SYSTEM RESET default_transaction_read_only")
+    postgres.admin_query("SELECT pg_reload_conf()")
+
+
+def test_a_postgresql_read_only_error_closes_the_alias_connections(
+    make_app, postgres, pg_read_only, caplog
+):
+    from tests.conftest import wait_until
+
+    app = make_app(aliases=["pg"], size=2, max_outstanding=2)
+    warm = [gevent.spawn(call, app, "/b/sleep/100/?alias=pg") for _ in range(2)]
+    gevent.joinall(warm, timeout=20, raise_error=True)
+    assert postgres.connection_count("app") == 2
+    postgres.admin_query("ALTER SYSTEM SET default_transaction_read_only = on")
+    postgres.admin_query("SELECT pg_reload_conf()")
+    gevent.sleep(0.3)  # the sessions read the new setting before their next statement
+    with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+        status, _, _ = call(app, "/insert/?alias=pg")
+    assert status.startswith("500")  # SQLSTATE 25006
+    assert "SQLSTATE 25006" in caplog.text
+    assert app.stats()["pg"]["failovers"] == 1
+    wait_until(lambda: postgres.connection_count("app") == 0, what="both pg connections closed")
