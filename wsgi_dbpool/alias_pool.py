@@ -166,7 +166,7 @@ class AliasPool:
             wrapper._wsgi_dbpool_opened_at < self._failover_at  # _OPENED_AT
             or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
         ):
-            self._retire(wrapper, now)
+            self._retire(wrapper)
         if (
             idle_since is not None
             and self.ping_after is not None
@@ -178,7 +178,7 @@ class AliasPool:
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
 
-    def _retire(self, wrapper: Wrapper, now: float) -> None:
+    def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""
         if getattr(wrapper, _OPENED_AT) < self._failover_at:
             # Busy during a failover and returned clean: it still points at the old server.
