@@ -112,6 +112,13 @@ def io_first(request: HttpRequest) -> HttpResponse:
         return HttpResponse(cursor.fetchone()[0])
 
 
+def write(request: HttpRequest) -> HttpResponse:
+    """One INSERT into ``app.writes`` (the soak's failover step needs writes to notice it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO writes (at) VALUES (NOW(6))")
+    return HttpResponse("ok")
+
+
 def nodb(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
@@ -128,7 +135,7 @@ def stats(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb),
     path("io/", io), path("io_first/", io_first),
-    path("stats/", stats),
+    path("stats/", stats), path("write/", write),
 ]
 
 

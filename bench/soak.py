@@ -1,11 +1,15 @@
 """``python -m bench.soak``: mixed load with faults for ~10 minutes; did anything grow?
 
 Two gunicorn gevent workers (``bench.djsite``, wsgi_dbpool, size 4, max_outstanding 20)
-in front of a throwaway MariaDB. Four ``wrk`` loads run all along (indexed queries,
-50 ms holds, streamed responses, a database-free view); every ``--fault-every`` seconds
-a fault is injected in turn: KILL of every app connection, a MariaDB restart, a short
-``wait_timeout``. Every ``--sample-every`` seconds the script records the server's
-connections, each worker's RSS and open file descriptors and the pool's ``stats()``.
+in front of two throwaway MariaDB servers, reached through a TCP proxy
+(``tests.faultproxy``) that sends new connections to the current primary. Five ``wrk``
+loads run all along (indexed queries, 50 ms holds, streamed responses, writes, a
+database-free view); every ``--fault-every`` seconds a fault is injected in turn on the
+current primary: KILL of every app connection, a MariaDB restart, a short
+``wait_timeout``, and a failover (the proxy now leads to the other server, made
+writable, and the old primary is set ``read_only``). Every ``--sample-every`` seconds
+the script records the servers' connections, each worker's RSS and open file descriptors
+and the pool's ``stats()``.
 At the end (load stopped, linger passed) it prints the samples and a verdict, and
 writes them to ``docs/soak.md``. Not part of CI.
 """
@@ -17,6 +21,8 @@ import contextlib
 import datetime
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -24,7 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, Server, bench_database, run_wrk
+from bench.harness import ROOT, Server, ensure_wrk, run_wrk
+from tests.mariadb import MariaDBServer, ensure_installed
 
 
 def workers_of(master: int) -> list[int]:
@@ -56,6 +63,29 @@ def pool_stats(url: str, workers: int) -> dict[int, dict[str, Any]]:
     return seen
 
 
+SCHEMA = (
+    "CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40))",
+    "INSERT INTO app.items SELECT seq, CONCAT('item ', seq) FROM app.seq_1_to_1000",
+    "CREATE TABLE app.writes (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6))",
+)
+
+
+@contextlib.contextmanager
+def proxy(target: int, alternate: int) -> Any:
+    """``tests.faultproxy`` in its own process; yields (its port, its process)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.faultproxy", "--target", str(target),
+         "--alternate", str(alternate)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline()), process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
@@ -68,8 +98,16 @@ def main() -> None:
     samples: list[dict[str, Any]] = []
     faults: list[str] = []
     loads: dict[str, dict[str, Any]] = {}
-    with bench_database() as db:
-        server = Server("wsgi_dbpool", db, {"POOL_MAX_OUTSTANDING": "20", "BENCH_WORKERS": "2"})
+    ensure_installed()
+    ensure_wrk()
+    with MariaDBServer(max_connections=100) as db, MariaDBServer(max_connections=100) as other, \
+            proxy(db.port, other.port) as (proxy_port, proxy_process):
+        for statement in SCHEMA:
+            db.admin_query(statement)
+            other.admin_query(statement)
+        primary, standby = db, other
+        server = Server("wsgi_dbpool", db, {"POOL_MAX_OUTSTANDING": "20", "BENCH_WORKERS": "2",
+                                            "BENCH_DB_PORT": str(proxy_port)})
         try:
             def load(name: str, path: str, clients: int) -> None:
                 loads[name] = run_wrk(server.url + path, clients=clients, seconds=seconds, threads=1)
@@ -77,31 +115,40 @@ def main() -> None:
             threads = [
                 threading.Thread(target=load, args=args_, daemon=True)
                 for args_ in (("query", "/query/", 20), ("hold", "/hold/", 50),
-                              ("stream", "/stream/", 5), ("nodb", "/nodb/", 5))
+                              ("stream", "/stream/", 5), ("write", "/write/", 5),
+                              ("nodb", "/nodb/", 5))
             ]
             for thread in threads:
                 thread.start()
             started = time.monotonic()
             next_fault = args.fault_every
-            kinds = ["kill", "restart", "wait_timeout"]
+            kinds = ["kill", "restart", "wait_timeout", "failover"]
             while time.monotonic() - started < seconds:
                 elapsed = time.monotonic() - started
                 if elapsed >= next_fault and elapsed < seconds - args.fault_every:  # calm end
                     kind = kinds[len(faults) % len(kinds)]
                     faults.append(f"{elapsed:.0f}s {kind}")
                     if kind == "kill":
-                        db.kill_user("app")
+                        primary.kill_user("app")
                     elif kind == "restart":
-                        db.restart()
-                    else:
-                        db.set_global("wait_timeout", 2)
-                        threading.Timer(10, lambda: db.set_global("wait_timeout", 28800)).start()
+                        primary.restart()
+                    elif kind == "wait_timeout":
+                        primary.set_global("wait_timeout", 2)
+                        threading.Timer(
+                            10, lambda p=primary: p.set_global("wait_timeout", 28800)
+                        ).start()
+                    else:  # the standby takes over; the old primary stays up, read-only
+                        standby.set_global("read_only", 0)
+                        proxy_process.send_signal(signal.SIGUSR1)
+                        primary.set_global("read_only", 1)
+                        primary, standby = standby, primary
                     next_fault += args.fault_every
                 workers = workers_of(server.process.pid)
                 stats = pool_stats(server.url, len(workers))
                 samples.append({
                     "t": round(elapsed),
-                    "server_connections": db.connection_count("app"),
+                    "server_connections": db.connection_count("app") + other.connection_count("app"),
+                    "on_standby": standby.connection_count("app"),
                     "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
                     "fds": {pid: fds(pid) for pid in workers},
                     "in_use": sum(s["in_use"] for s in stats.values()),
@@ -109,6 +156,7 @@ def main() -> None:
                     "waiting": sum(s["waiting"] for s in stats.values()),
                     "timeouts": sum(s["timeouts"] for s in stats.values()),
                     "stale": sum(s["stale"] for s in stats.values()),
+                    "failovers": sum(s.get("failovers", 0) for s in stats.values()),
                 })
                 print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
                 time.sleep(args.sample_every)
@@ -118,7 +166,9 @@ def main() -> None:
             workers = workers_of(server.process.pid)
             final = pool_stats(server.url, len(workers))
             end = {
-                "server_connections": db.connection_count("app"),
+                "server_connections": db.connection_count("app") + other.connection_count("app"),
+                "on_standby": standby.connection_count("app"),
+                "failovers": {pid: s.get("failovers", 0) for pid, s in final.items()},
                 "in_use": sum(s["in_use"] for s in final.values()),
                 "idle": sum(s["idle"] for s in final.values()),
                 "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
@@ -146,16 +196,21 @@ def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults
         # server dropped (the last wait_timeout fault) that the pool notices on next use
         "no server connection unaccounted for (server <= pool's idle)":
             end["server_connections"] <= end["idle"],
+        "no connection left on the server that was failed away from": end["on_standby"] == 0,
+        # lost connections (KILL, restart) count as failovers too: at least one each
+        "every failover noticed by each worker (its failovers counter)":
+            all(n >= sum("failover" in f for f in faults) for n in end["failovers"].values()),
         "open fds did not grow (vs a minute in)": fd_growth <= 2,
         "RSS grew less than 10 MB per worker (vs a minute in)": rss_growth < 10 * len(end["rss_mb"]),
     }
     lines = [
         f"# Soak: {datetime.date.today().isoformat()}, {args.minutes:g} minutes, "
-        f"`python -m bench.soak --minutes {args.minutes:g}`",
+        f"`python -m bench.soak --minutes {args.minutes:g} --fault-every {args.fault_every:g}`",
         "",
-        f"{os.cpu_count()} cores; 2 gunicorn gevent workers, size=4, max_outstanding=20; MariaDB "
-        f"max_connections=100; loads: 20 clients on a query, 50 on a 50 ms hold, 5 streaming, "
-        f"5 on a database-free view; faults: {', '.join(faults) or 'none'}.",
+        f"{os.cpu_count()} cores; 2 gunicorn gevent workers, size=4, max_outstanding=20; two MariaDB "
+        f"servers (max_connections=100) behind a TCP proxy; loads: 20 clients on a query, 50 on "
+        f"a 50 ms hold, 5 streaming, 5 writing, 5 on a database-free view; faults (on the "
+        f"current primary): {', '.join(faults) or 'none'}.",
         "",
         "| check | result |",
         "|---|---|",
@@ -167,20 +222,22 @@ def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults
           for name, r in loads.items()],
         "",
         f"500s logged by Django: {failed} (of which \"Too many connections\": {too_many}); they "
-        f"come from the faults (queries cut by KILL or the restart).",
+        f"come from the faults (queries cut by KILL or the restart, writes refused by the "
+        f"demoted server before each worker noticed the failover).",
         "",
         f"Peak server connections: {peak}. After: {json.dumps(end)}. RSS growth since a minute in: "
         f"{rss_growth:+.1f} MB in all; fds: {fd_growth:+.0f}.",
         "",
-        "| t (s) | server connections | in use | idle | waiting | timeouts | stale "
-        "| RSS MB (per worker) | fds |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| t (s) | server connections | on the standby | in use | idle | waiting | timeouts "
+        "| stale | failovers | RSS MB (per worker) | fds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     step = max(1, int(30 / args.sample_every))
     for s in samples[::step]:
         lines.append(
-            f"| {s['t']} | {s['server_connections']} | {s['in_use']} | {s['idle']} | {s['waiting']} | "
-            f"{s['timeouts']} | {s['stale']} | {', '.join(map(str, s['rss_mb'].values()))} | "
+            f"| {s['t']} | {s['server_connections']} | {s['on_standby']} | {s['in_use']} | "
+            f"{s['idle']} | {s['waiting']} | {s['timeouts']} | {s['stale']} | {s['failovers']} | "
+            f"{', '.join(map(str, s['rss_mb'].values()))} | "
             f"{', '.join(map(str, s['fds'].values()))} |"
         )
     verdict = "nothing grew" if all(checks.values()) else "SOMETHING GREW OR LEAKED"

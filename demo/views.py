@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 
+from . import workers
 from .models import Note
 
 
@@ -105,6 +106,12 @@ def _pool_state(request: HttpRequest) -> dict:
     }
     if middleware is not None:
         state["aliases"] = middleware.stats()
+        # Every worker's numbers, from the files they publish, and their sum: what
+        # the whole server holds.
+        others = workers.read_all() or {}
+        others[os.getpid()] = state["aliases"]  # this worker's own: live, not 0.5 s old
+        state["workers"] = {str(pid): aliases for pid, aliases in sorted(others.items())}
+        state["total"] = workers.summed(others)
         state["settings"] = {
             "size": middleware.size,
             "max_outstanding": middleware.max_outstanding,

@@ -4,11 +4,15 @@ Runs inside the (gevent-patched) test process: one greenlet per direction per
 connection. ``mode`` applies to traffic from now on: ``pass``; ``blackhole`` (accept,
 forward nothing: reads hang until the driver's timeout); ``reset`` (abort every open
 connection and refuse new ones with an RST); ``slow`` (delay each chunk by ``delay``).
+:meth:`blackhole_open` silences only the connections open now (new ones pass), and
+:meth:`retarget` sends new connections to another server (a failover's new address).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import signal
 import socket
 import struct
 
@@ -22,6 +26,7 @@ class FaultProxy:
         self.mode = "pass"
         self.delay = delay
         self._sockets: set[socket.socket] = set()
+        self._silenced: set[socket.socket] = set()
         self._server = StreamServer(("127.0.0.1", 0), self._handle)
         self._server.start()
         self.port = self._server.server_port
@@ -29,9 +34,20 @@ class FaultProxy:
     def set_mode(self, mode: str) -> None:
         assert mode in ("pass", "blackhole", "reset", "slow"), mode
         self.mode = mode
+        if mode == "pass":
+            self._silenced.clear()
         if mode == "reset":
             for sock in list(self._sockets):
                 self._abort(sock)
+
+    def retarget(self, port: int) -> None:
+        """New connections go to ``port`` from now on; open ones stay where they are."""
+        self.target = ("127.0.0.1", port)
+
+    def blackhole_open(self) -> None:
+        """Forward nothing more on the connections open now (a silently dropped link);
+        connections made after this call pass. ``set_mode("pass")`` lifts it."""
+        self._silenced.update(self._sockets)
 
     def stop(self) -> None:
         self._server.stop(timeout=1)
@@ -61,6 +77,7 @@ class FaultProxy:
         gevent.joinall(pumps)
         for sock in (client, upstream):
             self._sockets.discard(sock)
+            self._silenced.discard(sock)
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -70,7 +87,7 @@ class FaultProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                while self.mode == "blackhole":
+                while self.mode == "blackhole" or source in self._silenced:
                     gevent.sleep(0.05)  # hold everything: the peer sees silence
                 if self.mode == "slow":
                     gevent.sleep(self.delay)
@@ -80,3 +97,31 @@ class FaultProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+def main() -> None:
+    """``python -m tests.faultproxy --target A [--alternate B]``: a proxy in its own
+    process (for the soak); prints its port, and each SIGUSR1 swaps the target with the
+    alternate for new connections (a failover to B, and back)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    parser = argparse.ArgumentParser(prog="python -m tests.faultproxy")
+    parser.add_argument("--target", type=int, required=True)
+    parser.add_argument("--alternate", type=int)
+    args = parser.parse_args()
+    proxy = FaultProxy(args.target)
+    ports = [args.target, args.alternate or args.target]
+
+    def swap() -> None:
+        ports.reverse()
+        proxy.retarget(ports[0])
+
+    gevent.signal_handler(signal.SIGUSR1, swap)
+    gevent.signal_handler(signal.SIGTERM, proxy.stop)
+    print(proxy.port, flush=True)
+    proxy._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -23,5 +23,6 @@ application = PoolingMiddleware(
     timeout=10,
     hold=os.environ.get("TEST_POOL_HOLD", "request"),  # type: ignore[arg-type]
     skip=lambda environ: environ["PATH_INFO"] == "/metrics/",
+    prewarm=int(os.environ.get("TEST_PREWARM", "0")),
 )
 PID = os.getpid()

@@ -26,6 +26,8 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    if os.environ.get("TEST_PREWARM_HOOK"):
+        worker.wsgi.prewarm()  # in the worker: the master never connects
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from wsgi_dbpool.prometheus import export_multiprocess
 

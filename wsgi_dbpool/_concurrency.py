@@ -168,3 +168,42 @@ def call_soon(callback: Callable[[], None]) -> None:
         gevent.get_hub().loop.run_callback(gevent.spawn, callback)
     else:
         _deferred.put(callback)
+
+
+def sleep(seconds: float) -> None:
+    """Pause the caller: only this greenlet under gevent (``time.sleep`` is patched)."""
+    import time
+
+    time.sleep(seconds)
+
+
+class TimeLimit:
+    """Bound a block of I/O to ``seconds`` (``None``: no bound), under gevent.
+
+    Only gevent can interrupt a greenlet blocked in a socket read; in plain threads
+    the block runs unbounded (the driver's own timeouts apply). :meth:`fired` tells
+    this limit's interrupt from any other one (an outer ``gevent.Timeout``).
+    """
+
+    __slots__ = ("_timeout", "seconds")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._timeout: BaseException | None = None
+
+    def __enter__(self) -> TimeLimit:
+        if self.seconds is not None and _gevent_patched():
+            import gevent
+
+            timeout = gevent.Timeout(self.seconds)
+            timeout.start()
+            self._timeout = timeout
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        timeout = self._timeout
+        if timeout is not None:
+            timeout.close()  # type: ignore[attr-defined]
+
+    def fired(self, exc: BaseException) -> bool:
+        return self._timeout is not None and exc is self._timeout

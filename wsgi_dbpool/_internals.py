@@ -21,6 +21,12 @@ private detail                            why
 (``_ThreadCriticalLocal``)                directly when no event loop runs (what asgiref
                                           itself does then): 1 µs a request saved, and
                                           the object the ``--preload`` repair replaces.
+``BaseDatabaseWrapper.close_at``          the expiry Django computes from ``CONN_MAX_AGE``
+                                          at connect; read by the verdict, and cleared
+                                          when ``max_lifetime`` replaces that rule.
+``BaseDatabaseWrapper.connect``,          wrapped on each pooled wrapper instance (not
+``execute_wrappers``                      the class) to time connects; the failover
+                                          watch is put first in the (public) list.
 ``BaseDatabaseWrapper._set_autocommit``   replays the server's autocommit after a
                                           session reset without Django's bookkeeping.
 PyMySQL ``Connection.server_status``      in memory after every reply: bit 0x1 "in

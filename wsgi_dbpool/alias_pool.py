@@ -11,13 +11,14 @@ connection in doubt is handed on.
 from __future__ import annotations
 
 import logging
+import random
 import time
 import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _concurrency
+from . import _concurrency, failover
 from ._internals import (
     NOBODY,
     UNUSABLE,
@@ -30,7 +31,19 @@ from .front import Front, Work
 from .pool import Pool
 from .session import reset_session
 from .settings import PoolSettings
-from .verdict import CHECK, CLOSE, INTERRUPTED, KEEP, REPLACE, RESET, ROLL_BACK, judge, judge_settled
+from .verdict import (
+    CHECK,
+    CLOSE,
+    FAIL_OVER,
+    INTERRUPTED,
+    KEEP,
+    PAST_LIFETIME,
+    REPLACE,
+    RESET,
+    ROLL_BACK,
+    judge,
+    judge_settled,
+)
 
 # Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it.
 Wrapper = Any
@@ -41,9 +54,12 @@ logger = logging.getLogger("wsgi_dbpool")
 # the ident of the greenlet holding it, or None).
 POOL_ATTR = "_wsgi_dbpool_pool"  # the AliasPool that owns the wrapper
 _OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
+_OPENED_AT = "_wsgi_dbpool_opened_at"  # when (monotonic) it was opened
+_EXPIRES = "_wsgi_dbpool_expires"  # when (monotonic) it reaches its max_lifetime, or None
+_TAKEN = "_wsgi_dbpool_taken"  # when (monotonic) it was last checked out
 
 # What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
-POLICY_EVENTS = ("opened", "closed", "stale", "dirty", "broken", "overflow", "spawned")
+POLICY_EVENTS = ("opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers")
 
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
@@ -71,6 +87,9 @@ class AliasPool:
             linger=settings.linger,
         )
         self._warned: set[str] = set()
+        # When the idle connections were last closed for a failover: a connection opened
+        # before then that fails the same way belongs to that failover, not a new one.
+        self._failover_at = float("-inf")
         _serving[alias] = weakref.ref(self)
         # How a unit of work takes and gives back this alias: the carrier itself for the
         # whole work (hold="request"), or a front wrapper that borrows one when needed.
@@ -94,7 +113,26 @@ class AliasPool:
         setattr(wrapper, POOL_ATTR, self)
         wrapper._wsgi_dbpool_holder = None
         setattr(wrapper, _OPEN_ATTR, False)
+        setattr(wrapper, _OPENED_AT, 0.0)
+        setattr(wrapper, _EXPIRES, None)
+        setattr(wrapper, _TAKEN, 0.0)
+        setattr(wrapper, failover.FAILOVER_ATTR, None)
+        # Django's public per-connection hook; it stays first, so it sees every error.
+        wrapper.execute_wrappers.insert(0, failover.watch)
+        wrapper.connect = self._timed(wrapper.connect)  # this wrapper's own, not the class's
         return wrapper
+
+    def _timed(self, connect: Any) -> Any:
+        note_connect = self.pool.note_connect
+
+        def timed_connect() -> None:
+            started = time.monotonic()
+            try:
+                connect()
+            finally:
+                note_connect(time.monotonic() - started)
+
+        return timed_connect
 
     def _dispose(self, wrapper: Wrapper) -> None:
         set_owner(wrapper, _concurrency.get_ident())
@@ -116,6 +154,15 @@ class AliasPool:
             # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
             self.pool.count("closed")
         setattr(wrapper, _OPEN_ATTR, True)
+        now = time.monotonic()
+        setattr(wrapper, _OPENED_AT, now)
+        lifetime = self.settings.max_lifetime
+        if lifetime is not None:
+            # Drawn per connection, so that connections opened together do not all
+            # expire (and reconnect) in the same second. It replaces CONN_MAX_AGE.
+            jitter = self.settings.lifetime_jitter
+            setattr(wrapper, _EXPIRES, now + lifetime * (1.0 - jitter * random.random()))
+            wrapper.close_at = None
         self.pool.count("opened")
 
     def note_closed(self, wrapper: Wrapper) -> None:
@@ -133,6 +180,12 @@ class AliasPool:
         # Ownership moves to the caller; Django checks it on every use.
         set_owner(wrapper, ident)
         wrapper._wsgi_dbpool_holder = ident
+        wrapper._wsgi_dbpool_taken = now = time.monotonic()  # _TAKEN, for the hold time
+        if wrapper.connection is not None and (
+            wrapper._wsgi_dbpool_opened_at < self._failover_at  # _OPENED_AT
+            or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
+        ):
+            self._retire(wrapper)
         if (
             idle_since is not None
             and self.ping_after is not None
@@ -144,12 +197,27 @@ class AliasPool:
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
 
+    def _retire(self, wrapper: Wrapper) -> None:
+        """Close a connection that must not be handed out; the wrapper reconnects."""
+        if getattr(wrapper, _OPENED_AT) < self._failover_at:
+            # Busy during a failover and returned clean: it still points at the old server.
+            self._close(wrapper, "opened before the last failover")
+        else:
+            self._close(wrapper, PAST_LIFETIME)
+
     def _check_alive(self, wrapper: Wrapper) -> None:
-        # One round trip (a ping), paid only after ping_after seconds idle. On failure
-        # the wrapper is closed and the request gets it anyway: it reconnects lazily.
+        # One round trip (a ping), paid only after ping_after seconds idle, and bounded
+        # by ping_timeout (a socket dropped silently would hang until the kernel gives
+        # up). On failure the wrapper is closed and the request gets it anyway: it
+        # reconnects lazily.
+        limit = _concurrency.TimeLimit(self.settings.ping_timeout)
         try:
-            alive = wrapper.is_usable()
-        except BaseException:  # killed mid-ping: the socket may be mid-protocol
+            with limit:
+                alive = wrapper.is_usable()
+        except BaseException as exc:  # killed mid-ping: the socket may be mid-protocol
+            if limit.fired(exc):
+                self._ping_timed_out(wrapper)
+                return
             try:
                 self._discard(wrapper, "interrupted during the health check")
             finally:
@@ -163,6 +231,18 @@ class AliasPool:
                 self.alias,
             )
             self._close(wrapper, "stale")
+
+    def _ping_timed_out(self, wrapper: Wrapper) -> None:
+        self.pool.count("stale")
+        logger.warning(
+            "discarded a stale connection of %r (no answer to a ping within ping_timeout=%ss)",
+            self.alias, self.settings.ping_timeout,
+        )
+        raw = wrapper.connection
+        if raw is not None:  # mid-protocol: drop the socket, say nothing on the wire
+            force_close(raw)
+            wrapper.connection = None
+        self.note_closed(wrapper)
 
     # -- return -------------------------------------------------------------------
 
@@ -181,10 +261,11 @@ class AliasPool:
         if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on
             wrapper.queries_log.clear()
         action, reason = judge(wrapper, broken, self.reset_session)
+        taken = wrapper._wsgi_dbpool_taken  # _TAKEN
         if action is KEEP:  # the clean path, decided from memory alone
             wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
             set_owner(wrapper, NOBODY)
-            self.pool.release(wrapper, reusable=True)
+            self.pool.release(wrapper, reusable=True, taken=taken)
             return
         giving = wrapper
         try:
@@ -196,10 +277,12 @@ class AliasPool:
                 raise
         finally:
             set_owner(giving, NOBODY)
-            self.pool.release(giving, reusable=True)
+            self.pool.release(giving, reusable=True, taken=taken)
 
     def _carry_out(self, wrapper: Wrapper, action: str, reason: str) -> Wrapper:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""
+        if action is FAIL_OVER:
+            return self._fail_over(wrapper, reason)
         if action is REPLACE:
             self._count_discard("dirty", reason)
             self._close(wrapper, reason)
@@ -229,6 +312,28 @@ class AliasPool:
         elif action is RESET:
             self._reset_session(wrapper)
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
+        return wrapper
+
+    def _fail_over(self, wrapper: Wrapper, reason: str) -> Wrapper:
+        """Close this connection and every idle one of the alias: they all point at the
+        server that failed over. Counted and logged once per failover."""
+        setattr(wrapper, failover.FAILOVER_ATTR, None)
+        if getattr(wrapper, _OPENED_AT) >= self._failover_at:  # not seen before
+            self._failover_at = time.monotonic()
+            self.pool.count("failovers")
+            closed = self.pool.drain_idle()
+            logger.warning(
+                "failover on %r (%s): closed this connection and %d idle one(s); new "
+                "connections go wherever the alias's address now leads",
+                self.alias, reason, closed,
+            )
+        else:
+            logger.debug("closing a connection of %r from before the failover: %s",
+                         self.alias, reason)
+        abandon_unread_result(wrapper.connection)
+        self._close(wrapper, reason)
+        if wrapper.in_atomic_block or wrapper.closed_in_transaction:
+            return self.pool.create_replacement()
         return wrapper
 
     def _reset_session(self, wrapper: Wrapper) -> None:
@@ -284,6 +389,53 @@ class AliasPool:
             self.alias,
         )
         _concurrency.at_greenlet_exit(lambda: _close_overflow(wrapper))
+
+    # -- pre-warm -----------------------------------------------------------------
+
+    def prewarm(self, count: int, spacing: float = 0.01) -> None:
+        """Open up to ``count`` connections into the idle pool; retry with backoff.
+
+        Meant for a background greenlet: one connect at a time with a short sleep
+        between, so the hub keeps serving (each PyMySQL connect is ~30 ms of CPU). It
+        never holds a slot, and stops early when requests have filled the pool already.
+        Errors are logged and retried, up to a minute apart; they never propagate.
+        """
+        backoff = 0.5
+        while True:
+            try:
+                opened = self._prewarm_once(count, spacing)
+            except Exception as exc:
+                logger.warning(
+                    "pre-warming %r failed (%r); retrying in %.1fs", self.alias, exc, backoff
+                )
+                _concurrency.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            logger.info("pre-warmed %d connection(s) of %r", opened, self.alias)
+            return
+
+    def _prewarm_once(self, count: int, spacing: float) -> int:
+        opened = 0
+        while opened < count:
+            stats = self.pool.stats()
+            if int(stats["idle"] or 0) + int(stats["in_use"] or 0) >= count:
+                break  # requests got there first
+            wrapper = self._create()
+            set_owner(wrapper, _concurrency.get_ident())
+            try:
+                wrapper.ensure_connection()
+            except BaseException:
+                self._close(wrapper, "pre-warm failed")
+                raise
+            finally:
+                set_owner(wrapper, NOBODY)
+            if not self.pool.add_idle(wrapper):
+                set_owner(wrapper, _concurrency.get_ident())
+                self._close(wrapper, "the pool filled up while pre-warming")
+                break
+            opened += 1
+            _concurrency.sleep(spacing)
+        return opened
 
     # -- maintenance --------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from types import EllipsisType
@@ -69,6 +70,19 @@ class PoolingMiddleware:
         open for the next request before it is closed; ``0``: close it at once. Under
         a steady load above ``size`` this avoids closing one connection while opening
         the next (each PyMySQL connect costs ~30 ms of CPU).
+    :param prewarm: connections per alias (at most ``size``) opened in the background
+        when the process starts serving: at its first request, or at
+        :meth:`prewarm` (call it from gunicorn's ``post_worker_init``, never in the
+        master). The connects are spread out; failures are logged and retried.
+    :param max_lifetime: seconds a server connection lives: it is closed on return
+        once past it, and never handed out past it. Replaces ``CONN_MAX_AGE`` for
+        pooled connections. ``None``: ``CONN_MAX_AGE`` decides, as in Django.
+    :param lifetime_jitter: each connection's lifetime is drawn from
+        ``[max_lifetime * (1 - lifetime_jitter), max_lifetime]``, so connections
+        opened together are not all replaced in the same second (0 <= j < 1).
+    :param ping_timeout: seconds the health check of an idle connection may take
+        (under gevent) before the connection is counted stale and dropped; ``None``:
+        as long as the driver waits.
     """
 
     def __init__(
@@ -85,6 +99,10 @@ class PoolingMiddleware:
         hold_warning: float | None = None,
         reset: ResetMode = "transaction",
         hold: HoldMode = "request",
+        prewarm: int = 0,
+        max_lifetime: float | None = None,
+        lifetime_jitter: float = 0.1,
+        ping_timeout: float | None = 5.0,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -97,7 +115,8 @@ class PoolingMiddleware:
             )
         self.settings = settings = PoolSettings(
             size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
-            linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
+            linger=linger, hold_warning=hold_warning, reset=reset, hold=hold, prewarm=prewarm,
+            max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter, ping_timeout=ping_timeout,
         )
         self.app = app
         self.skip = skip
@@ -108,6 +127,7 @@ class PoolingMiddleware:
         self._pools = [AliasPool(alias, settings) for alias in self.aliases]
         self._storage: Any = None
         self._storage_generation = -1
+        self._prewarmed_generation = -1
         if hold != "request":
             _check_hold(hold, self.aliases)
             for pool in self._pools:
@@ -136,6 +156,10 @@ class PoolingMiddleware:
     hold_warning = property(lambda self: self.settings.hold_warning)
     reset = property(lambda self: self.settings.reset)
     hold = property(lambda self: self.settings.hold)
+    prewarm_count = property(lambda self: self.settings.prewarm)
+    max_lifetime = property(lambda self: self.settings.max_lifetime)
+    lifetime_jitter = property(lambda self: self.settings.lifetime_jitter)
+    ping_timeout = property(lambda self: self.settings.ping_timeout)
 
     # -- WSGI ---------------------------------------------------------------------
 
@@ -277,6 +301,17 @@ class PoolingMiddleware:
         """The pool mechanism behind each alias (for exporters such as Prometheus)."""
         return {p.alias: p.pool for p in self._pools}
 
+    def prewarm(self) -> None:
+        """Start opening ``prewarm`` connections per alias in the background, once per
+        process; returns at once. Done anyway at the first request; call it earlier
+        from gunicorn's ``post_worker_init`` (the worker, never the master)."""
+        generation = _concurrency.fork_generation()
+        if self.settings.prewarm == 0 or self._prewarmed_generation == generation:
+            return
+        self._prewarmed_generation = generation
+        for pool in self._pools:
+            _concurrency.call_later(0.0, functools.partial(pool.prewarm, self.settings.prewarm))
+
     def stats(self) -> dict[str, dict[str, int | float | None]]:
         """This process's pool, per alias, as a flat dict of numbers.
 
@@ -289,7 +324,11 @@ class PoolingMiddleware:
         ``dirty`` (returned inside a transaction, or with autocommit changed),
         ``broken`` (closed on return: interrupted, or closed, mid-command or mid-result in
         the driver), ``overflow`` (opened for a pooled alias outside any lease: greenlets
-        with no ``checkout()``).
+        with no ``checkout()``), ``spawned`` (greenlets spawned by a view that took a
+        pooled connection, with ``hold="lazy"``/``"transaction"``), ``failovers``
+        (read-only or failover errors that closed the alias's connections),
+        ``hold_seconds`` (total time connections were checked out), ``connects`` and
+        ``connect_seconds`` (connect attempts and their total time).
         """
         return {p.alias: p.stats() for p in self._pools}
 
@@ -307,6 +346,7 @@ class PoolingMiddleware:
             self._storage = ConnectionSlots().storage
             _concurrency.prepare_deferred_calls()
             self._storage_generation = _concurrency.fork_generation()
+            self.prewarm()
         return self._storage
 
 

@@ -42,9 +42,12 @@ TIMEOUTS = "timeouts"  # queued callers that gave up (PoolTimeout)
 HANDOFFS = "handoffs"  # returns handed straight to a waiter
 CREATED = "created"  # objects made
 DISCARDED = "discarded"  # surplus objects disposed of (over size, unusable, reaped)
+HOLD_SECONDS = "hold_seconds"  # seconds objects were checked out, checkout to return, in total
+CONNECTS = "connects"  # connect attempts (note_connect)
+CONNECT_SECONDS = "connect_seconds"  # seconds those attempts took, in total
 STATS_KEYS = (
     SIZE, MAX_OUTSTANDING, IDLE, IN_USE, WAITING, CHECKOUTS, WAITS, WAIT_SECONDS, TIMEOUTS,
-    HANDOFFS, CREATED, DISCARDED,
+    HANDOFFS, CREATED, DISCARDED, HOLD_SECONDS, CONNECTS, CONNECT_SECONDS,
 )
 
 # Upper bounds (seconds) of the wait-time histogram; the last bucket is +Inf.
@@ -79,11 +82,16 @@ class _ProcessState(Generic[T]):
 
     __slots__ = (
         "checkouts",
+        "connect_histogram",
+        "connect_seconds",
+        "connects",
         "created",
         "discarded",
         "events",
         "generation",
         "handoffs",
+        "hold_histogram",
+        "hold_seconds",
         "idle",
         "lock",
         "outstanding",
@@ -111,6 +119,11 @@ class _ProcessState(Generic[T]):
         self.events: dict[str, int] = {}
         self.wait_histogram = [0] * (len(WAIT_BUCKETS) + 1)  # finished waits per bucket
         self.reaping = False  # a timer will close what lingers beyond size
+        self.hold_seconds = 0.0  # checkout to return, over every return
+        self.hold_histogram = [0] * (len(WAIT_BUCKETS) + 1)
+        self.connects = 0  # connect attempts, and the seconds they took
+        self.connect_seconds = 0.0
+        self.connect_histogram = [0] * (len(WAIT_BUCKETS) + 1)
 
 
 # Objects a forked child inherited idle from its parent. They are kept referenced so
@@ -262,8 +275,10 @@ class Pool(Generic[T]):
 
     # -- return ------------------------------------------------------------------
 
-    def release(self, obj: T, *, reusable: bool) -> None:
+    def release(self, obj: T, *, reusable: bool, taken: float | None = None) -> None:
         """Give back a checked-out object; exactly once per successful :meth:`acquire`.
+
+        ``taken``: when (``time.monotonic()``) it was checked out, for the hold times.
 
         With someone waiting, the object (reusable or not: the caller has already
         made it safe, e.g. closed its connection) goes straight to them. Otherwise a
@@ -274,20 +289,27 @@ class Pool(Generic[T]):
         if state is None or state.generation != _concurrency._fork_generation:
             state = self._new_state()
         surplus = start_reaper = False
+        now = time.monotonic()
         with state.lock:
             if state.outstanding <= 0:
                 raise RuntimeError(f"pool {self.name!r}: release without a checkout")
+            if taken is not None:
+                held = now - taken
+                state.hold_seconds += held
+                # Most holds are in the first bucket: no search for them.
+                bucket = 0 if held <= WAIT_BUCKETS[0] else bisect.bisect_left(WAIT_BUCKETS, held)
+                state.hold_histogram[bucket] += 1
             if state.waiters:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
             else:
                 state.outstanding -= 1
                 if reusable and len(state.idle) < self.size:
-                    state.idle.append((obj, time.monotonic()))
+                    state.idle.append((obj, now))
                 elif reusable and self.linger > 0:
                     # Over size, but the next request may be a moment away: let it
                     # linger rather than close it now and open another then (churn).
-                    state.idle.append((obj, time.monotonic()))
+                    state.idle.append((obj, now))
                     start_reaper = not state.reaping
                     state.reaping = True
                 else:
@@ -327,6 +349,34 @@ class Pool(Generic[T]):
             else:
                 state.outstanding -= 1
 
+    def add_idle(self, obj: T) -> bool:
+        """Put a new object (made by the caller, e.g. pre-warmed) into the pool, outside
+        any slot: the oldest idle if fewer than ``size`` are idle or checked out, or
+        straight to a waiter. False: no room, the caller disposes of it."""
+        state = self._current()
+        with state.lock:
+            if state.waiters:
+                state.outstanding += 1
+                state.created += 1
+                state.handoffs += 1
+                state.waiters.popleft().serve(obj)
+                return True
+            if len(state.idle) + state.outstanding >= self.size:
+                return False
+            state.created += 1
+            # The left end: LIFO checkouts reach it last, so it does not push a warm
+            # connection out of the way.
+            state.idle.appendleft((obj, time.monotonic()))
+            return True
+
+    def note_connect(self, seconds: float) -> None:
+        """Count one connect attempt that took ``seconds``."""
+        state = self._current()
+        with state.lock:
+            state.connects += 1
+            state.connect_seconds += seconds
+            state.connect_histogram[bisect.bisect_left(WAIT_BUCKETS, seconds)] += 1
+
     # -- maintenance -------------------------------------------------------------
 
     def drain_idle(self) -> int:
@@ -360,6 +410,18 @@ class Pool(Generic[T]):
             cumulative.append((bound, running))
         return cumulative, seconds, total
 
+    def hold_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Time from checkout to return, over every return: as :meth:`wait_histogram`."""
+        state = self._current()
+        with state.lock:
+            return _cumulative(state.hold_histogram, 0, state.hold_seconds)
+
+    def connect_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Time each connect attempt took: as :meth:`wait_histogram`."""
+        state = self._current()
+        with state.lock:
+            return _cumulative(state.connect_histogram, 0, state.connect_seconds)
+
     def stats(self) -> dict[str, int | float | None]:
         """A flat snapshot of this process's counts: the :data:`STATS_KEYS`, then the
         policy's events (:meth:`count`); see :meth:`PoolingMiddleware.stats`."""
@@ -378,5 +440,19 @@ class Pool(Generic[T]):
                 HANDOFFS: state.handoffs,
                 CREATED: state.created,
                 DISCARDED: state.discarded,
+                HOLD_SECONDS: round(state.hold_seconds, 6),
+                CONNECTS: state.connects,
+                CONNECT_SECONDS: round(state.connect_seconds, 6),
                 **state.events,
             }
+
+
+def _cumulative(
+    counts: list[int], below_all: int, seconds: float
+) -> tuple[list[tuple[float, int]], float, int]:
+    """Per-bucket counts as cumulative (bound, count) pairs, the sum and the count."""
+    cumulative, running = [], below_all
+    for bound, count in zip((*WAIT_BUCKETS, float("inf")), counts, strict=True):
+        running += count
+        cumulative.append((bound, running))
+    return cumulative, seconds, running

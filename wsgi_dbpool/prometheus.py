@@ -14,8 +14,13 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 ``wsgi_dbpool_opened_total``, ``wsgi_dbpool_closed_total``,
 ``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
 ``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total``, ``wsgi_dbpool_broken_total``,
-``wsgi_dbpool_overflow_total``, ``wsgi_dbpool_spawned_total`` (counters);
-``wsgi_dbpool_wait_seconds`` (histogram of the time to get a connection).
+``wsgi_dbpool_overflow_total``, ``wsgi_dbpool_spawned_total``,
+``wsgi_dbpool_failovers_total`` (counters); histograms, each named after the
+OpenTelemetry database-client metric it matches: ``wsgi_dbpool_wait_seconds`` (the
+time to get a connection: ``db.client.connection.wait_time``),
+``wsgi_dbpool_hold_seconds`` (checkout to return: ``db.client.connection.use_time``),
+``wsgi_dbpool_connect_seconds`` (each connect attempt:
+``db.client.connection.create_time``).
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ COUNTERS = {
     "broken": "Connections closed on return because they could not be handed on (interrupted)",
     "overflow": "Connections opened outside the pool by greenlets with no checkout()",
     "spawned": "Greenlets spawned by a view that took a pooled connection under the cap",
+    "failovers": "Read-only or failover errors that closed the alias's connections",
+}
+# name: (help, the Pool method that reads it, the OpenTelemetry metric it matches)
+HISTOGRAMS = {
+    "wait_seconds": ("Time a request waited for a connection", "wait_histogram"),
+    "hold_seconds": ("Time a connection was checked out, to its return", "hold_histogram"),
+    "connect_seconds": ("Time a connect attempt took", "connect_histogram"),
 }
 
 
@@ -77,13 +89,12 @@ class PoolCollector:
             for alias, numbers in stats.items():
                 counter.add_metric([alias], float(numbers.get(name) or 0))
             yield counter
-        histogram = HistogramMetricFamily(
-            "wsgi_dbpool_wait_seconds", "Time a request waited for a connection", labels=["alias"]
-        )
-        for alias, pool in pools(self.middleware).items():
-            buckets, seconds, _count = pool.wait_histogram()
-            histogram.add_metric([alias], [(_bound(b), float(c)) for b, c in buckets], seconds)
-        yield histogram
+        for name, (doc, method) in HISTOGRAMS.items():
+            histogram = HistogramMetricFamily(f"wsgi_dbpool_{name}", doc, labels=["alias"])
+            for alias, pool in pools(self.middleware).items():
+                buckets, seconds, _count = getattr(pool, method)()
+                histogram.add_metric([alias], [(_bound(b), float(c)) for b, c in buckets], seconds)
+            yield histogram
 
 
 def register(
@@ -99,10 +110,11 @@ def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) ->
     """In a worker: keep prometheus_client's multiprocess files up to date with the pool.
 
     Call it once per worker (gunicorn ``post_worker_init``), with
-    ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported. The wait
-    histogram is not exported this way (its buckets cannot be replayed into
-    prometheus_client's); its sum and count are, as ``wsgi_dbpool_wait_seconds_sum``
-    and ``_count`` counters.
+    ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported. The
+    histograms are not exported this way (their buckets cannot be replayed into
+    prometheus_client's); their sums and counts are, as counters named
+    ``wsgi_dbpool_wait_seconds_sum`` and ``_count`` (and ``hold_seconds``,
+    ``connect_seconds`` alike).
     """
     from prometheus_client import Counter, Gauge
 
@@ -113,19 +125,17 @@ def export_multiprocess(middleware: PoolingMiddleware, interval: float = 5.0) ->
     counters = {
         name: Counter(f"wsgi_dbpool_{name}", doc, ["alias"]) for name, doc in COUNTERS.items()
     }
-    counters["wait_seconds_sum"] = Counter(
-        "wsgi_dbpool_wait_seconds_sum", "Seconds requests waited for a connection", ["alias"]
-    )
-    counters["wait_seconds_count"] = Counter(
-        "wsgi_dbpool_wait_seconds_count", "Checkouts, waited or not", ["alias"]
-    )
+    for name, (doc, _method) in HISTOGRAMS.items():
+        counters[f"{name}_sum"] = Counter(f"wsgi_dbpool_{name}_sum", f"{doc}: sum", ["alias"])
+        counters[f"{name}_count"] = Counter(f"wsgi_dbpool_{name}_count", f"{doc}: count", ["alias"])
     exported: dict[tuple[str, str], float] = {}
 
     def copy() -> None:
         every_pool = pools(middleware)
         for alias, numbers in middleware.stats().items():
-            _, seconds, count = every_pool[alias].wait_histogram()
-            numbers = {**numbers, "wait_seconds_sum": seconds, "wait_seconds_count": count}
+            for name, (_doc, method) in HISTOGRAMS.items():
+                _, seconds, count = getattr(every_pool[alias], method)()
+                numbers = {**numbers, f"{name}_sum": seconds, f"{name}_count": count}
             for name, gauge in gauges.items():
                 gauge.labels(alias).set(float(numbers.get(name) or 0))
             for name, counter in counters.items():

@@ -31,6 +31,10 @@ class PoolSettings:
     hold_warning: float | None = None
     reset: ResetMode = "transaction"
     hold: HoldMode = "request"
+    prewarm: int = 0
+    max_lifetime: float | None = None
+    lifetime_jitter: float = 0.1
+    ping_timeout: float | None = 5.0
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -69,6 +73,34 @@ class PoolSettings:
                 "reset after every statement (four round trips each), and session state "
                 "does not survive between transactions anyway; use reset='transaction', or "
                 "hold='lazy' to keep a session for the whole request"
+            )
+        self._check_lifecycle()
+
+    def _check_lifecycle(self) -> None:
+        check_int("prewarm", self.prewarm, minimum=0)
+        if self.prewarm > self.size:
+            raise ValueError(
+                f"prewarm={self.prewarm} is above size={self.size}: the pool keeps at most "
+                f"size idle connections; lower prewarm to at most {self.size}, or raise size"
+            )
+        check_seconds("max_lifetime", self.max_lifetime)
+        if self.max_lifetime == 0:
+            raise ValueError(
+                "max_lifetime must be > 0 seconds, or None to keep Django's CONN_MAX_AGE rule"
+            )
+        jitter = self.lifetime_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, numbers.Real):
+            raise TypeError(f"lifetime_jitter must be a fraction like 0.1, got {jitter!r}")
+        if not 0 <= jitter < 1:
+            raise ValueError(
+                f"lifetime_jitter must be >= 0 and < 1 (a fraction of max_lifetime), got "
+                f"{jitter!r}: 0.1 draws each lifetime from [0.9 * max_lifetime, max_lifetime]"
+            )
+        check_seconds("ping_timeout", self.ping_timeout)
+        if self.ping_timeout == 0:
+            raise ValueError(
+                "ping_timeout must be > 0 seconds, or None to let the health check wait "
+                "as long as the driver does"
             )
 
 

@@ -9,6 +9,10 @@ it is read from memory: the clean path costs no round trip.
 
 The order, and why:
 
+0. ``fail over`` when a statement failed with a read-only or failover error
+   (:func:`~wsgi_dbpool._internals.failover_error`): the connection points at a
+   demoted or vanished server even if it still answers a ping, so it is closed (or
+   replaced inside ``atomic()``) and the alias's idle connections with it.
 1. ``replace`` inside ``atomic()``: Django forbids a rollback there, and a wrapper closed
    inside ``atomic()`` stays marked closed-in-transaction: only a new wrapper is clean.
 2. ``keep`` when not connected: it connects on first use, fresh.
@@ -17,7 +21,8 @@ The order, and why:
 4. ``roll back`` when a transaction is open, or autocommit is not what the alias is
    configured for (in Django's flags or on the server).
 5. ``check`` after a database error: Django's own rule, keep it only if it answers.
-6. ``close`` when older than its lifetime (``CONN_MAX_AGE``).
+6. ``close`` when older than its lifetime (``CONN_MAX_AGE``, or the pool's own
+   ``max_lifetime`` drawn with jitter when the connection was opened).
 7. ``reset`` with ``reset="session"``: wipe the server session.
 8. ``keep``: clean.
 
@@ -38,6 +43,7 @@ CHECK = "check"
 RESET = "reset"
 CLOSE = "close"
 REPLACE = "replace"
+FAIL_OVER = "fail over"
 
 CLEAN = "clean"
 NOT_CONNECTED = "not connected"
@@ -46,11 +52,15 @@ IN_ATOMIC = "it was returned inside an atomic block"
 AUTOCOMMIT_LEFT_OFF = "its autocommit was left off"
 ERRORS_OCCURRED = "a database error occurred"
 TOO_OLD = "it is older than CONN_MAX_AGE"
+PAST_LIFETIME = "it is past its max_lifetime"
 SESSION = "reset='session'"
 
 
 def judge(wrapper: Any, broken: bool, reset_session: bool) -> tuple[str, str]:
-    """The action the returned ``wrapper`` needs, and why (steps 1-8 above)."""
+    """The action the returned ``wrapper`` needs, and why (steps 0-8 above)."""
+    failover = wrapper._wsgi_dbpool_failover
+    if failover is not None:
+        return FAIL_OVER, failover
     if wrapper.in_atomic_block:
         return REPLACE, IN_ATOMIC
     raw = wrapper.connection
@@ -74,6 +84,9 @@ def judge_settled(wrapper: Any, reset_session: bool) -> tuple[str, str]:
     close_at = wrapper.close_at
     if close_at is not None and time.monotonic() >= close_at:
         return CLOSE, TOO_OLD
+    expires = wrapper._wsgi_dbpool_expires
+    if expires is not None and time.monotonic() >= expires:
+        return CLOSE, PAST_LIFETIME
     if reset_session:
         return RESET, SESSION
     return KEEP, CLEAN
