@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from tests.conftest import ITEMS_TABLE, call
+from tests.helpers import call, wait_until
 from tests.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.mariadb
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.mariadb
 def server_b() -> Iterator[MariaDBServer]:
     server = MariaDBServer()
     server.start()
-    server.admin_query(ITEMS_TABLE)
+    server.create_items()
     try:
         yield server
     finally:
@@ -50,14 +50,15 @@ def _insert(app, name: str) -> tuple[int, int | None]:
     return code, (json.loads(body)["id"] if code == 200 else None)
 
 
+@pytest.mark.parametrize("hold", ["request", "transaction"])
 @pytest.mark.parametrize(
     "at_once", [4, 1], ids=["four-notice-it-together", "one-notices-it-alone"]
 )
 def test_a_read_only_error_moves_the_pool_to_the_new_server(
-    make_app, db, fault_proxy, failed_over, caplog, at_once
+    make_app, db, fault_proxy, failed_over, caplog, at_once, hold
 ):
     server_b = failed_over
-    app = make_app(aliases=["proxied"], size=4, max_outstanding=4)
+    app = make_app(aliases=["proxied"], size=4, max_outstanding=4, hold=hold)
     warm = [gevent.spawn(call, app, "/b/sleep/100/?alias=proxied") for _ in range(4)]
     gevent.joinall(warm, timeout=20, raise_error=True)
     assert db.connection_count("app") == 4  # all four on A
@@ -137,7 +138,6 @@ def pg_read_only(postgres) -> Iterator[None]:
 def test_a_postgresql_read_only_error_closes_the_alias_connections(
     make_app, postgres, pg_read_only, caplog
 ):
-    from tests.conftest import wait_until
 
     app = make_app(aliases=["pg"], size=2, max_outstanding=2)
     warm = [gevent.spawn(call, app, "/b/sleep/100/?alias=pg") for _ in range(2)]

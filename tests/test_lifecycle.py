@@ -12,7 +12,7 @@ import time
 import gevent
 import pytest
 
-from tests.conftest import call, wait_until
+from tests.helpers import call, wait_until
 from tests.test_gunicorn import gunicorn
 
 pytestmark = pytest.mark.mariadb

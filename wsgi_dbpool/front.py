@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _concurrency, _internals
 from .errors import PoolTimeout
+from .failover import FAILOVER_ATTR
 
 if TYPE_CHECKING:
     from .alias_pool import AliasPool
@@ -102,7 +103,9 @@ class Front:
         wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         _internals.override_front_methods(wrapper, self)
         if self.per_transaction:
-            wrapper.execute_wrappers.append(self._around_statement)
+            # Outermost, so that the failover watch inside it has noted an error on the
+            # front before the statement's end detaches (and hands the note on).
+            wrapper.execute_wrappers.insert(0, self._around_statement)
         return wrapper
 
     # -- attach / detach --------------------------------------------------------------
@@ -148,6 +151,10 @@ class Front:
             self.holds.finish(wrapper.__dict__.pop("_wsgi_dbpool_hold", -1))
         carrier.connection = wrapper.connection
         carrier.close_at = wrapper.close_at
+        failover = getattr(wrapper, FAILOVER_ATTR)
+        if failover is not None:  # noted on the front when a statement failed: the
+            setattr(carrier, FAILOVER_ATTR, failover)  # verdict reads it on the carrier
+            setattr(wrapper, FAILOVER_ATTR, None)
         if (
             wrapper.in_atomic_block
             or wrapper.errors_occurred
