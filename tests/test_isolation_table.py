@@ -286,6 +286,7 @@ def test_the_isolation_table_is_current(make_app, db, pg_db):
 SEQUENCES = 12
 
 
+@pytest.mark.slow  # the driver-level state it checks does not depend on Django's version
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", range(SEQUENCES), ids=[f"seq{i}" for i in range(SEQUENCES)])
 def test_random_sequences_hand_on_only_what_the_table_allows(make_app, table_backend, mode, seed):

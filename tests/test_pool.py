@@ -541,6 +541,9 @@ def test_stats_count_what_happened(make_pool):
         pool_module.HANDOFFS: 1,
         pool_module.CREATED: 1,
         pool_module.DISCARDED: 1,
+        pool_module.HOLD_SECONDS: stats[pool_module.HOLD_SECONDS],
+        pool_module.CONNECTS: 0,  # nothing here connects (note_connect)
+        pool_module.CONNECT_SECONDS: 0.0,
         "stale": 2,
     }
     assert 0.005 <= stats[pool_module.WAIT_SECONDS] < DEADLINE
@@ -551,8 +554,8 @@ def test_stats_count_what_happened(make_pool):
 
 
 def test_every_stats_key_is_documented_and_exported_from_the_one_definition():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    table = readme.split("## Reading `stats()`", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text(encoding="utf-8")
+    table = page.split("## Reading `stats()`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(\w+)`", table))
     from wsgi_dbpool.alias_pool import POLICY_EVENTS
 
