@@ -157,6 +157,7 @@ def test_network_reset(make_app, db, proxy):
     assert_no_leak(app, db, "proxied")
 
 
+@pytest.mark.slow  # version-agnostic and long: once, on the newest Django
 def test_slow_network_still_serves(make_app, db, proxy):
     app = make_app(aliases=["proxied"], size=2, max_outstanding=3, timeout=10)
     proxy.set_mode("slow")

@@ -189,6 +189,7 @@ def test_close_in_the_middle_gives_the_slot_back(make_app, db):
 # -- at the cap --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # version-agnostic and long: once, on the newest Django
 def test_300_clients_share_5_connections_between_their_queries(make_app, db):
     app = make_app(size=2, max_outstanding=5, timeout=30, hold="transaction")
     with PeakSampler(db, every=0.005) as peak, serve(app) as address:

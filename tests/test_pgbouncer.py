@@ -5,10 +5,12 @@ server still sees no more than PgBouncer's pool."""
 from __future__ import annotations
 
 import gevent
+import pytest
 
 from tests.helpers import get, gunicorn
 
 
+@pytest.mark.slow  # version-agnostic and long: once, on the newest Django
 def test_three_workers_through_pgbouncer_on_a_small_server(pgbouncer):
     small = pgbouncer.server
     # Each worker may hold 10 client connections: even one busy worker alone has more
