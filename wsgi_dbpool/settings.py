@@ -57,9 +57,7 @@ class PoolSettings:
                 f"(free: rolls back what was left open) or 'session' (a few round trips "
                 f"more: wipes session variables, temporary tables and locks too)"
             )
-        check_seconds("hold_warning", self.hold_warning)
-        if self.hold_warning == 0:
-            raise ValueError("hold_warning must be > 0 seconds, or None to turn the warning off")
+        check_positive_seconds("hold_warning", self.hold_warning, "to turn the warning off")
         if self.hold not in HOLD_MODES:
             raise ValueError(
                 f"hold must be one of {HOLD_MODES!r}, got {self.hold!r}: 'request' (a "
@@ -83,11 +81,7 @@ class PoolSettings:
                 f"prewarm={self.prewarm} is above size={self.size}: the pool keeps at most "
                 f"size idle connections; lower prewarm to at most {self.size}, or raise size"
             )
-        check_seconds("max_lifetime", self.max_lifetime)
-        if self.max_lifetime == 0:
-            raise ValueError(
-                "max_lifetime must be > 0 seconds, or None to keep Django's CONN_MAX_AGE rule"
-            )
+        check_positive_seconds("max_lifetime", self.max_lifetime, "to keep Django's CONN_MAX_AGE rule")
         jitter = self.lifetime_jitter
         if isinstance(jitter, bool) or not isinstance(jitter, numbers.Real):
             raise TypeError(f"lifetime_jitter must be a fraction like 0.1, got {jitter!r}")
@@ -96,12 +90,9 @@ class PoolSettings:
                 f"lifetime_jitter must be >= 0 and < 1 (a fraction of max_lifetime), got "
                 f"{jitter!r}: 0.1 draws each lifetime from [0.9 * max_lifetime, max_lifetime]"
             )
-        check_seconds("ping_timeout", self.ping_timeout)
-        if self.ping_timeout == 0:
-            raise ValueError(
-                "ping_timeout must be > 0 seconds, or None to let the health check wait "
-                "as long as the driver does"
-            )
+        check_positive_seconds(
+            "ping_timeout", self.ping_timeout, "to let the health check wait as long as the driver does"
+        )
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
@@ -109,6 +100,13 @@ def check_int(name: str, value: object, *, minimum: int) -> None:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+
+
+def check_positive_seconds(name: str, value: object, none_means: str) -> None:
+    """A number of seconds above 0, or None (which ``none_means``)."""
+    check_seconds(name, value)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0 seconds, or None {none_means}")
 
 
 def check_seconds(name: str, value: object) -> None:
