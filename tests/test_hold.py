@@ -374,3 +374,17 @@ def test_a_view_that_handles_the_timeout_itself_keeps_its_answer(make_app, db):
     status, _, body = call(app, "/")
     holder.join(timeout=5)
     assert (status, body) == ("200 OK", b"from the cache")
+
+
+def test_transaction_mode_on_an_alias_without_autocommit_says_it_holds_per_request(db, caplog):
+    from django.conf import settings
+
+    from wsgi_dbpool import PoolingMiddleware
+
+    settings.DATABASES["manual"] = {**settings.DATABASES["default"], "AUTOCOMMIT": False}
+    try:
+        with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+            PoolingMiddleware(lambda e, s: [], hold="transaction", aliases=["manual"])
+    finally:
+        del settings.DATABASES["manual"]
+    assert "hold='transaction' on 'manual', whose AUTOCOMMIT is False" in caplog.text

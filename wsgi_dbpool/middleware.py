@@ -372,6 +372,12 @@ def _check_hold(hold: str, aliases: Iterable[str]) -> None:
         return
     for alias in aliases:
         database = settings.DATABASES[alias]
+        if not database.get("AUTOCOMMIT", True):
+            logger.warning(
+                "hold='transaction' on %r, whose AUTOCOMMIT is False: every statement opens a "
+                "transaction Django leaves to you, so a connection is held until you commit or "
+                "roll back and the request ends, as with hold='lazy'", alias,
+            )
         if "postgresql" in database.get("ENGINE", "") and not database.get(
             "DISABLE_SERVER_SIDE_CURSORS"
         ):
