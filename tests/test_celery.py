@@ -87,9 +87,14 @@ class Peak:
         ({"linger": None}, TypeError, "linger must be a number of seconds"),
         ({"hold_warning": 0}, ValueError, "hold_warning must be > 0"),
         ({"skip": lambda environ: True}, TypeError, "unexpected keyword argument 'skip'"),
+        ({"hold": "statement"}, ValueError, "hold must be one of"),
+        ({"prewarm": 5}, ValueError, "prewarm=5 is above size=4"),
+        ({"lifetime_jitter": 1}, ValueError, "lifetime_jitter must be >= 0 and < 1"),
+        ({"ping_timeout": 0}, ValueError, "ping_timeout must be > 0"),
     ],
     ids=["size-zero", "cap-below-size", "timeout-negative", "aliases-str", "linger-none",
-         "hold-warning-zero", "skip-rejected"],
+         "hold-warning-zero", "skip-rejected", "hold-unknown", "prewarm-above-size",
+         "jitter-one", "ping-timeout-zero"],
 )
 def test_pool_tasks_checks_arguments_like_the_middleware(django_site, kwargs, error, message):
     from celery import Celery

@@ -86,6 +86,10 @@ class TaskPool:
         hold_warning: float | None,
         reset: str,
         hold: str = "request",
+        prewarm: int = 0,
+        max_lifetime: float | None = None,
+        lifetime_jitter: float = 0.1,
+        ping_timeout: float | None = 5.0,
     ) -> None:
         self.app = app
         self.size = size
@@ -101,6 +105,8 @@ class TaskPool:
             "size": size, "max_outstanding": max_outstanding, "timeout": timeout,
             "aliases": aliases if self.aliases is None else self.aliases,
             "ping_after": ping_after, "linger": linger, "reset": reset, "hold": hold,
+            "prewarm": prewarm, "max_lifetime": max_lifetime, "lifetime_jitter": lifetime_jitter,
+            "ping_timeout": ping_timeout,
         }
         self._middleware: PoolingMiddleware | None = None
         self._holds: HoldWatch | None = None
@@ -240,6 +246,10 @@ def pool_tasks(
     hold_warning: float | None = None,
     reset: str = "transaction",
     hold: str = "request",
+    prewarm: int = 0,
+    max_lifetime: float | None = None,
+    lifetime_jitter: float = 0.1,
+    ping_timeout: float | None = 5.0,
 ) -> TaskPool:
     """Serve every task of the Celery ``app`` with pooled connections, capped per process::
 
@@ -281,6 +291,8 @@ def pool_tasks(
     pool = TaskPool(
         app, size=size, max_outstanding=max_outstanding, timeout=timeout, aliases=aliases,
         ping_after=ping_after, linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
+        prewarm=prewarm, max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter,
+        ping_timeout=ping_timeout,
     )
     if _django_ready():
         pool._pool()  # check the arguments now
