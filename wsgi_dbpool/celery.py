@@ -25,6 +25,7 @@ Private Celery attributes relied on (checked with Celery 5.7): ``Task._orig_run`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -33,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 from .errors import PoolTimeout
 from .holds import HoldWatch
 from .middleware import PoolingMiddleware
+from .settings import HoldMode, PoolSettings, ResetMode
+
+_KNOBS = frozenset(field.name for field in dataclasses.fields(PoolSettings))
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -69,47 +73,24 @@ class _CutShort(BaseException):
 class TaskPool:
     """The pool serving one Celery app's tasks in each worker process; see :func:`pool_tasks`.
 
-    The settings are attributes, as given. :meth:`stats` and :meth:`close` are
-    those of :class:`~wsgi_dbpool.PoolingMiddleware`, for this process.
+    ``settings`` is the middleware's own :class:`~wsgi_dbpool.settings.PoolSettings`,
+    checked when :func:`pool_tasks` is called; its knobs read as attributes here too
+    (``pool.size``). :meth:`stats` and :meth:`close` are those of
+    :class:`~wsgi_dbpool.PoolingMiddleware`, for this process.
     """
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        size: int,
-        max_outstanding: int | None,
-        timeout: float | None,
-        aliases: Iterable[str] | None,
-        ping_after: float | None,
-        linger: float,
-        hold_warning: float | None,
-        reset: str,
-        hold: str = "request",
-        prewarm: int = 0,
-        max_lifetime: float | None = None,
-        lifetime_jitter: float = 0.1,
-        ping_timeout: float | None = 5.0,
-    ) -> None:
+    def __init__(self, app: Any, settings: PoolSettings, aliases: Iterable[str] | None) -> None:
         self.app = app
-        self.size = size
-        self.max_outstanding = max_outstanding
-        self.timeout = timeout
-        self.aliases = None if aliases is None or isinstance(aliases, str) else tuple(aliases)
-        self.ping_after = ping_after
-        self.linger = linger
-        self.hold_warning = hold_warning
-        self.reset = reset
-        self.hold = hold
-        self._arguments: dict[str, Any] = {
-            "size": size, "max_outstanding": max_outstanding, "timeout": timeout,
-            "aliases": aliases if self.aliases is None else self.aliases,
-            "ping_after": ping_after, "linger": linger, "reset": reset, "hold": hold,
-            "prewarm": prewarm, "max_lifetime": max_lifetime, "lifetime_jitter": lifetime_jitter,
-            "ping_timeout": ping_timeout,
-        }
+        self.settings = settings
+        # As given: the middleware checks them against DATABASES once Django is set up.
+        self.aliases = aliases if aliases is None or isinstance(aliases, str) else tuple(aliases)
         self._middleware: PoolingMiddleware | None = None
         self._holds: HoldWatch | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _KNOBS:
+            return getattr(self.settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- the one place that knows the pool is a PoolingMiddleware --------------------
 
@@ -117,10 +98,10 @@ class TaskPool:
         """Build the pool once Django is set up: every argument is checked here."""
         if self._middleware is None:
             middleware = PoolingMiddleware(
-                _no_requests, hold_warning=self.hold_warning, **self._arguments
+                _no_requests, aliases=self.aliases, **dataclasses.asdict(self.settings)
             )
-            if self.hold_warning is not None:
-                self._holds = HoldWatch(self.hold_warning, middleware.aliases)
+            if self.settings.hold_warning is not None:
+                self._holds = HoldWatch(self.settings.hold_warning, middleware.aliases)
             self._middleware = middleware
         return self._middleware
 
@@ -244,8 +225,8 @@ def pool_tasks(
     ping_after: float | None = 1.0,
     linger: float = 5.0,
     hold_warning: float | None = None,
-    reset: str = "transaction",
-    hold: str = "request",
+    reset: ResetMode = "transaction",
+    hold: HoldMode = "request",
     prewarm: int = 0,
     max_lifetime: float | None = None,
     lifetime_jitter: float = 0.1,
@@ -267,9 +248,10 @@ def pool_tasks(
     connections.
 
     The arguments are :class:`~wsgi_dbpool.PoolingMiddleware`'s (no ``skip``: a task
-    has no request to skip), checked by it: here when Django is already set up,
-    otherwise when the worker starts, which then refuses to start. Nothing connects
-    to the database until a task runs.
+    has no request to skip), checked by its rules: every knob here, at once
+    (:class:`~wsgi_dbpool.settings.PoolSettings`); ``aliases`` against ``DATABASES``
+    here when Django is already set up, otherwise when the worker starts, which then
+    refuses to start. Nothing connects to the database until a task runs.
 
     Works with the ``gevent``, ``threads``, ``solo`` and (forked) ``prefork`` pools.
     ``hold="lazy"`` or ``"transaction"`` work for tasks as for requests: a task that waits
@@ -288,12 +270,14 @@ def pool_tasks(
             f"pool_tasks() was already called for the Celery app {app.main!r}: call it once, "
             f"in the module that creates the app, and keep the TaskPool it returned"
         )
-    pool = TaskPool(
-        app, size=size, max_outstanding=max_outstanding, timeout=timeout, aliases=aliases,
-        ping_after=ping_after, linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
+    # Every knob checked now, by the middleware's own rules (the aliases once Django is set up).
+    settings = PoolSettings(
+        size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
+        linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
         prewarm=prewarm, max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter,
         ping_timeout=ping_timeout,
     )
+    pool = TaskPool(app, settings, aliases)
     if _django_ready():
         pool._pool()  # check the arguments now
     pool._connect()
