@@ -18,19 +18,32 @@ setup(
     license="MIT",
     packages=find_packages(include=["wsgi_dbpool", "wsgi_dbpool.*"]),
     package_data={"wsgi_dbpool": ["py.typed"]},
-    python_requires=">=3.10",
-    install_requires=["Django>=4.2,<6", "WebOb>=1.8"],
+    python_requires=">=3.11",
+    # The floors are the lowest versions that really work (make test runs them once):
+    # - Django 5.2 LTS is the oldest Django still supported upstream (4.2 ended April 2026).
+    #   "<7": Django numbers its releases by year after 6.x (the next major is 2027's), so the
+    #   bound means "the releases this version was tested against, and their patch releases";
+    #   a new Django major gets a release of ours after the suite ran on it.
+    # - asgiref 3.8.1: Django 5.2's own floor; both shapes of its thread-local are handled.
+    # - WebOb 1.8.9: the first that runs on Python 3.13, where the cgi module is gone.
+    install_requires=["Django>=5.2,<7", "asgiref>=3.8.1", "WebOb>=1.8.9"],
     extras_require={
-        "gevent": ["gevent>=23.9", "gunicorn[gevent]>=22"],
-        "mysql": ["PyMySQL>=1.1"],
+        "gevent": ["gevent>=24.2.1", "gunicorn[gevent]>=22"],
+        # PyMySQL 1.1.0-1.1.2 say they are mysqlclient 1.4.6, which Django 6 refuses.
+        "mysql": ["PyMySQL>=1.1.3"],
+        "postgresql": ["psycopg>=3.1.12"],
         "prometheus": ["prometheus_client>=0.17"],
         "celery": ["celery>=5.4"],
     },
     classifiers=[
         "Framework :: Django",
-        "Framework :: Django :: 4.2",
         "Framework :: Django :: 5.2",
+        "Framework :: Django :: 6.0",
+        "Framework :: Django :: 6.1",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Database",
         "Typing :: Typed",
     ],
