@@ -9,6 +9,10 @@ from collections.abc import Callable, Iterable, Iterator
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
+# Imported here, not on the 503 path: a WebOb that cannot load (Python 3.13 removed the
+# cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
+from webob.exc import HTTPServiceUnavailable
+
 from . import _concurrency, alias_pool
 from . import front as front_module
 from .alias_pool import AliasPool
@@ -266,8 +270,6 @@ class PoolingMiddleware:
             environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
             exc.alias, exc.waited, exc.max_outstanding,
         )
-        from webob.exc import HTTPServiceUnavailable
-
         response = HTTPServiceUnavailable(
             detail="The database connection pool is exhausted; please retry shortly.",
             headers={"Retry-After": "1"},
@@ -405,6 +407,23 @@ def _check_engine(alias: str, settings: dict[str, Any]) -> None:
         raise ImproperlyConfigured(f"DATABASES[{alias!r}]: {exc}") from None
 
 
+def _check_no_django_pool(alias: str, settings: dict[str, Any]) -> None:
+    """Refuse Django's own pool (``OPTIONS["pool"]``, PostgreSQL, Django >= 5.1) under ours.
+
+    Stacked, every pooled wrapper would hold a psycopg_pool of its own: connections
+    multiply instead of being capped, and each return goes through two pools.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    if (settings.get("OPTIONS") or {}).get("pool"):
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]['OPTIONS']['pool'] turns on Django's own connection pool, "
+            f"and this alias is pooled by wsgi_dbpool too: the two pools would stack. Remove "
+            f"'pool' from OPTIONS (wsgi_dbpool's size and max_outstanding replace it), or "
+            f"leave {alias!r} out of PoolingMiddleware(aliases=...)"
+        )
+
+
 def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], list[str]]:
     """The pooled aliases in lock order, and the others; checks names against DATABASES."""
     from django.conf import settings
@@ -431,5 +450,6 @@ def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], li
     pooled = tuple(sorted(set(chosen)))
     for alias in pooled:
         _check_engine(alias, databases[alias])
+        _check_no_django_pool(alias, databases[alias])
         alias_pool.warn_if_conn_max_age_zero(alias, databases[alias])
     return pooled, [a for a in databases if a not in pooled]
