@@ -31,7 +31,7 @@ setup(
         "gevent": ["gevent>=24.2.1", "gunicorn[gevent]>=22"],
         # PyMySQL 1.1.0-1.1.2 say they are mysqlclient 1.4.6, which Django 6 refuses.
         "mysql": ["PyMySQL>=1.1.3"],
-        "postgresql": ["psycopg>=3.1.12"],
+        "postgresql": ["psycopg>=3.1.14"],
         "prometheus": ["prometheus_client>=0.17"],
         "celery": ["celery>=5.4"],
     },

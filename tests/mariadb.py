@@ -52,9 +52,9 @@ def version() -> str | None:
 def install_pymysql() -> None:
     """Let Django's MySQL backend use PyMySQL, as a user's wsgi.py does.
 
-    No version shim is needed: Django 4.2 and 5.2 refuse a ``MySQLdb.version_info``
-    below (1, 4, 3), and PyMySQL >= 1.1 reports a mysqlclient-compatible one
-    ((1, 4, 6) in 1.1.0, (2, 2, 8) in 1.2.4).
+    No version shim is needed: Django 5.2 refuses a ``MySQLdb.version_info`` below
+    (1, 4, 3) and Django 6 one below (2, 2, 1); PyMySQL >= 1.1.3 reports (2, 2, 8)
+    (1.1.0 to 1.1.2 report (1, 4, 6), which Django 6 refuses: hence the floor).
     """
     import pymysql
 

@@ -95,6 +95,26 @@ def test_misconfigured_engine_fails_at_construction(django_site):
         del settings.DATABASES["broken"]
 
 
+def test_django_own_pool_on_a_pooled_alias_is_refused(django_site):
+    """Django's OPTIONS["pool"] under ours would give every pooled wrapper a pool of its own."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from wsgi_dbpool import PoolingMiddleware
+
+    settings.DATABASES["stacked"] = {
+        "ENGINE": "django.db.backends.postgresql", "NAME": "app", "CONN_MAX_AGE": 60,
+        "OPTIONS": {"pool": {"min_size": 2, "max_size": 4}},
+    }
+    try:
+        with pytest.raises(ImproperlyConfigured, match=r"\['OPTIONS'\]\['pool'\].*Remove"):
+            PoolingMiddleware(_app, aliases=["stacked"])
+        settings.DATABASES["stacked"]["OPTIONS"] = {"pool": False}  # Django's own "off"
+        PoolingMiddleware(_app, aliases=["stacked"])
+    finally:
+        del settings.DATABASES["stacked"]
+
+
 def test_close_twice_is_a_no_op(make_app, db):
     from tests.helpers import call
 

@@ -4,8 +4,9 @@ Public seams are preferred everywhere (``connections.create_connection``, the
 ``connection_created`` signal, the wrapper's own ``close``/``rollback``/
 ``set_autocommit``/``init_connection_state``); what no public seam offers is read or
 written here, and only here, so that an upgrade is one read of this header.
-Tested with Django 4.2 and 5.2 (LTS), asgiref 3.8+, PyMySQL 1.1 and 1.2, psycopg 3.1+,
-Python's sqlite3, on Python 3.11.
+Tested with (``make test``): Django 6.1.3 on Python 3.13, 6.0.x on 3.12, 5.2.x and 5.2.0 on
+3.11; asgiref 3.8.1 and 3.13.0; PyMySQL 1.1.3 and 1.2.4; psycopg 3.1.14 and 3.3; Python's
+sqlite3. An entry below names other versions where it was checked against them.
 
 ========================================  ==============================================
 private detail                            why
@@ -18,9 +19,10 @@ private detail                            why
                                           loudly instead of sharing a socket.
 ``ConnectionHandler._connections``        the greenlet-local behind ``connections``;
 ``asgiref.local.Local._storage``          asgiref's plain thread-local inside it, used
-(``_ThreadCriticalLocal``)                directly when no event loop runs (what asgiref
-                                          itself does then): 1 µs a request saved, and
-                                          the object the ``--preload`` repair replaces.
+(3.13: ``_ThreadCriticalLocal``;          directly when no event loop runs (what asgiref
+3.8.1-3.12.1: ``Local`` with              itself does then): 1 µs a request saved, and
+``_thread_critical = True``)              the object the ``--preload`` repair replaces.
+                                          Checked: asgiref 3.8.1, 3.9.1, 3.12.1, 3.13.0.
 ``BaseDatabaseWrapper.close_at``          the expiry Django computes from ``CONN_MAX_AGE``
                                           at connect; read by the verdict, and cleared
                                           when ``max_lifetime`` replaces that rule.
@@ -90,10 +92,15 @@ def set_owner(wrapper: Any, ident: int) -> None:
 
 
 def thread_local_storage(local: Any) -> Any:
-    """asgiref's plain thread-local inside ``connections._connections``, or None."""
-    if type(local).__name__ != "_ThreadCriticalLocal":
+    """asgiref's plain thread-local inside ``connections._connections``, or None.
+
+    Two shapes hold it in ``_storage``: asgiref >= 3.13 makes a ``_ThreadCriticalLocal``;
+    3.8.1 to 3.12.1 make one ``Local`` class with ``_thread_critical = True``.
+    """
+    state = vars(local)
+    if type(local).__name__ != "_ThreadCriticalLocal" and state.get("_thread_critical") is not True:
         return None
-    return getattr(local, "_storage", None)
+    return state.get("_storage")
 
 
 def replace_thread_local_storage(local: Any, storage: Any) -> None:
