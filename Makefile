@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PINS := $(if $(LOWEST),-c requirements-lowest.txt,"Django~=$(DJANGO).0")
 
-.PHONY: demo storm worker test test-one lint bench bench-overhead clean
+.PHONY: demo storm worker test test-others test-one lint bench bench-overhead clean
 
 $(STAMP): setup.py requirements-dev.txt requirements-lowest.txt
 	@[ -n "$(PYTHON)" ] || { echo "Python $(PY) was not found: neither python$(PY) on PATH nor" \
@@ -43,15 +43,35 @@ storm: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/python -m demo.worker
 
-## test: lint, the whole suite on the newest pair, a core selection on the other supported pairs,
-## and one run with the lowest versions the requirements allow
+## test: lint and the whole suite on the newest pair; beside it, a core selection on the other
+## supported pairs and one run with the lowest versions the requirements allow (their venvs
+## build while the first suite runs; their output is printed at the end)
 CORE := -m 'not slow and not demo and not celery'
+CORE_FILES := tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py tests/test_clean.py
+OTHERS := $(shell mktemp -u /tmp/wsgi_dbpool-others.XXXXXX)
 test:
-	$(MAKE) lint
-	$(MAKE) test-one
-	$(MAKE) test-one PY=3.11 DJANGO=5.2 PYTEST_ARGS="$(CORE)"
-	$(MAKE) test-one PY=3.12 DJANGO=6.0 PYTEST_ARGS="$(CORE) tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py"
-	$(MAKE) test-one PY=3.11 DJANGO=5.2 LOWEST=1 PYTEST_ARGS="$(CORE) tests/test_backends.py tests/test_gunicorn.py tests/test_hold.py tests/test_limits.py"
+	@started=$$(date +%s); \
+	$(MAKE) --no-print-directory $(STAMP) || exit 1; \
+	( $(MAKE) --no-print-directory test-others OTHERS_WAIT=$(OTHERS).apt > $(OTHERS).log 2>&1; echo $$? > $(OTHERS).rc ) & \
+	$(BIN)/python -c "from tests.servers import ensure_all_installed; ensure_all_installed()" && \
+	touch $(OTHERS).apt && \
+	$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory test-one; main=$$?; \
+	touch $(OTHERS).apt; wait; \
+	echo; echo "== beside it: Django 5.2/Python 3.11, 6.0/3.12, and the lowest versions =="; \
+	cat $(OTHERS).log; others=$$(cat $(OTHERS).rc 2>/dev/null || echo 1); rm -f $(OTHERS).*; \
+	echo "make test: $$(( $$(date +%s) - started )) s; newest pair exit $$main, others exit $$others"; \
+	[ $$main -eq 0 ] && [ $$others -eq 0 ]
+
+# The venvs first (pip only: they build while the first suite runs), then, once the servers
+# are installed (OTHERS_WAIT names the file that says so), the runs one after the other.
+test-others:
+	$(MAKE) --no-print-directory .venv-py3.11-django5.2/.installed PY=3.11 DJANGO=5.2
+	$(MAKE) --no-print-directory .venv-py3.12-django6.0/.installed PY=3.12 DJANGO=6.0
+	$(MAKE) --no-print-directory .venv-py3.11-django5.2-lowest/.installed PY=3.11 DJANGO=5.2 LOWEST=1
+	@while [ -n "$(OTHERS_WAIT)" ] && [ ! -e "$(OTHERS_WAIT)" ]; do sleep 1; done
+	$(MAKE) --no-print-directory test-one PY=3.11 DJANGO=5.2 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
+	$(MAKE) --no-print-directory test-one PY=3.12 DJANGO=6.0 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
+	$(MAKE) --no-print-directory test-one PY=3.11 DJANGO=5.2 LOWEST=1 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
 
 test-one: $(STAMP)
 	$(BIN)/python -c "from tests.mariadb import ensure_installed; ensure_installed()"

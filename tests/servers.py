@@ -12,6 +12,7 @@ and ``threading`` are cooperative; in a plain process (bench, demo) they are nat
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -101,6 +102,34 @@ def apt_install(*packages: str) -> None:
             f"installing {' '.join(packages)} failed ({exc}); as root: "
             f"apt-get install {' '.join(packages)}"
         ) from exc
+
+
+# What the suite, the demo and the benchmarks run, and the Debian packages that bring it.
+DEBIAN_PACKAGES: dict[str, tuple[str, ...]] = {
+    "mariadbd": ("mariadb-server", "mariadb-client"),
+    "mariadb-install-db": ("mariadb-server",),
+    "pg_ctlcluster": ("postgresql",),  # the server itself: /usr/lib/postgresql/*/bin
+    "psql": ("postgresql-client",),
+    "pgbouncer": ("pgbouncer",),
+    "redis-server": ("redis-server",),
+    "chromium": ("chromium",),
+    "chromedriver": ("chromium-driver",),
+    "wrk": ("wrk",),
+}
+
+
+def ensure_all_installed() -> None:
+    """Everything the suite may start, in one ``apt-get`` call when anything is missing.
+
+    ``make test`` calls it once before it runs several suites side by side, so that two
+    harnesses never race for apt's lock.
+    """
+    missing = sorted({p for name, packages in DEBIAN_PACKAGES.items() if which(name) is None
+                      for p in packages})
+    if not glob.glob("/usr/lib/postgresql/*/bin/postgres"):
+        missing.append("postgresql")
+    if missing:
+        apt_install(*sorted(set(missing)))
 
 
 def ensure_binary(name: str, *packages: str) -> str:
