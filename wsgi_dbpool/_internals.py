@@ -38,6 +38,10 @@ PyMySQL ``Connection._result``            an unbuffered result still on the wire
 ``.unbuffered_active``                    (``SSCursor``): the next command would first
                                           drain it, or fail; cleared when we close the
                                           connection, so the cursor does not read on.
+PyMySQL ``Connection.ping(reconnect=)``  the idle check pings with ``reconnect=False``:
+                                          PyMySQL 1.1.x reconnects by default, which
+                                          Django's ``is_usable()`` would let happen
+                                          (checked: 1.1.3, 1.2.4).
 PyMySQL ``Connection._execute_command``,  ``COM_RESET_CONNECTION``, which PyMySQL has no
 ``_read_ok_packet``                       public call for.
 PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed after a
@@ -248,6 +252,23 @@ def pymysql_reset_session(raw: Any) -> None:
     if raw.init_command is not None:
         with raw.cursor() as cursor:
             cursor.execute(raw.init_command)
+
+
+def is_usable(wrapper: Any) -> bool:
+    """Django's ``is_usable()``, without a silent reconnect.
+
+    PyMySQL before 1.2 pings with ``reconnect=True`` by default, so Django's check
+    answers "usable" for a connection the server killed, having opened a new session
+    behind Django's back (no ``connection_created``, no Django set-up, not counted).
+    """
+    raw = wrapper.connection
+    if is_pymysql(raw):
+        try:
+            raw.ping(reconnect=False)
+        except wrapper.Database.Error:
+            return False
+        return True
+    return bool(wrapper.is_usable())
 
 
 def is_pymysql(raw: Any) -> bool:

@@ -25,6 +25,7 @@ from ._internals import (
     abandon_unread_result,
     django_create_connection,
     force_close,
+    is_usable,
     set_owner,
 )
 from .front import Front, Work
@@ -213,7 +214,7 @@ class AliasPool:
         limit = _concurrency.TimeLimit(self.settings.ping_timeout)
         try:
             with limit:
-                alive = wrapper.is_usable()
+                alive = is_usable(wrapper)
         except BaseException as exc:  # killed mid-ping: the socket may be mid-protocol
             if limit.fired(exc):
                 self._ping_timed_out(wrapper)
