@@ -155,9 +155,22 @@ def test_3_session_reset_brings_back_the_configured_database(make_app, db):
     assert current["results"] == [["app"]]
 
 
-def test_3_default_mode_keeps_the_current_database_as_documented(make_app, db):
-    # The README's isolation table lists `USE` as kept by reset="transaction".
+def test_3_default_mode_resets_the_session_after_use_otherdb(make_app, db):
+    # The execute seam sees the USE: the connection gets a session reset on return.
     app = make_app(size=1)
+    with serve(app) as address:
+        used = _run(app, address, "USE app_other")["id"]
+        written = _get(app, address, "/insert/?name=where-am-i")
+        current = _run(app, address, "SELECT DATABASE()")
+    assert written.json()["id"] == used  # reset, not reconnected
+    assert _rows(db, "app.items") == ["where-am-i"]
+    assert _rows(db, "app_other.items") == []
+    assert current["results"] == [["app"]]
+
+
+def test_3_session_state_ignore_keeps_the_current_database_as_documented(make_app, db):
+    # docs/isolation.md: with session_state="ignore", `USE` is handed on.
+    app = make_app(size=1, session_state="ignore")
     with serve(app) as address:
         _run(app, address, "USE app_other")
         assert _run(app, address, "SELECT DATABASE()")["results"] == [["app_other"]]

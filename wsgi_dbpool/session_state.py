@@ -110,7 +110,7 @@ _CACHE_LIMIT = 4096
 class Classifier:
     """What a statement does to its session, from its SQL text; cached per text."""
 
-    __slots__ = ("_anywhere", "_cache", "_needles", "_start")
+    __slots__ = ("_anywhere", "_needles", "_start", "cache")
 
     def __init__(
         self, start: re.Pattern[str], anywhere: re.Pattern[str], needles: tuple[str, ...]
@@ -118,19 +118,19 @@ class Classifier:
         self._start = start
         self._anywhere = anywhere
         self._needles = needles
-        self._cache: dict[str, Kind] = {}
+        self.cache: dict[str, Kind] = {}
 
     def __call__(self, sql: object) -> Kind:
         if type(sql) is not str:
             return None  # a psycopg sql.Composed, bytes: not seen (documented)
         try:
-            return self._cache[sql]
+            return self.cache[sql]
         except KeyError:
             pass
         kind = self.classify(sql)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()  # many distinct texts (IN lists of every length): start over
-        self._cache[sql] = kind
+        if len(self.cache) >= _CACHE_LIMIT:
+            self.cache.clear()  # many distinct texts (IN lists of every length): start over
+        self.cache[sql] = kind
         return kind
 
     def classify(self, sql: str) -> Kind:
@@ -167,13 +167,17 @@ def watcher(vendor: str, mode: SessionStateMode) -> Any:
     if classify is None or mode == "ignore":
         return None
     refuse_setters = mode == "raise"
+    seen = classify.cache  # read inline: the everyday path is one dictionary lookup
 
     def watch(
         execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
     ) -> Any:
         wrapper = context["connection"]
         state = wrapper.__dict__
-        kind = classify(sql)
+        try:
+            kind = seen[sql]
+        except (KeyError, TypeError):
+            kind = classify(sql)
         if kind is None or state[SESSION_ATTR] is not None:  # nothing new to learn
             try:
                 return execute(sql, params, many, context)
