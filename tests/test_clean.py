@@ -143,21 +143,12 @@ def test_2_session_reset_on_postgresql_gives_back_a_connection_like_a_fresh_one(
 # -- 3. USE otherdb -------------------------------------------------------------------
 
 
-def test_3_session_reset_brings_back_the_configured_database(make_app, db):
-    app = make_app(size=1, reset="session")
-    with serve(app) as address:
-        used = _run(app, address, "USE app_other")["id"]
-        written = _get(app, address, "/insert/?name=where-am-i")
-        current = _run(app, address, "SELECT DATABASE()")
-    assert written.json()["id"] == used  # reset, not reconnected
-    assert _rows(db, "app.items") == ["where-am-i"]
-    assert _rows(db, "app_other.items") == []
-    assert current["results"] == [["app"]]
-
-
-def test_3_default_mode_resets_the_session_after_use_otherdb(make_app, db):
-    # The execute seam sees the USE: the connection gets a session reset on return.
-    app = make_app(size=1)
+@pytest.mark.parametrize(
+    "knobs", [{"reset": "session"}, {}], ids=["reset-session", "default-sees-the-USE"]
+)
+def test_3_session_reset_brings_back_the_configured_database(make_app, db, knobs):
+    # By default the execute seam sees the USE: the session is reset on return, only then.
+    app = make_app(size=1, **knobs)
     with serve(app) as address:
         used = _run(app, address, "USE app_other")["id"]
         written = _get(app, address, "/insert/?name=where-am-i")
