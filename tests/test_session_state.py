@@ -313,8 +313,13 @@ def test_raise_refuses_session_state_before_it_is_set(make_app, db, hold):
         return {"x": _one("default", "SELECT @x")}
 
     app = _app(make_app, view, "default", hold=hold, size=1, session_state="raise")
-    refused = _get(app, "/a")
-    assert "session_state='raise'" in refused["refused"] and "SET" in refused["refused"]
+    refused = _get(app, "/a")["refused"]
+    assert "session_state='raise'" in refused and "SET @x = 'from A'" in refused, refused
+    assert _get(app, "/b") == {"x": None}
+    # Django's own session set-up (the isolation level) and a session reset are not refused.
+    app = _app(make_app, view, "default", hold=hold, size=1, session_state="raise",
+               reset="session") if hold != "transaction" else app
+    assert _get(app, "/b") == {"x": None}
     assert _get(app, "/b") == {"x": None}
 
 

@@ -125,23 +125,28 @@ class AliasPool:
         wrapper.execute_wrappers.insert(0, failover.watch)
         setattr(wrapper, session_state.SESSION_ATTR, None)
         setattr(wrapper, session_state.RAN_ATTR, False)
+        setattr(wrapper, session_state.SETUP_ATTR, False)
         if self._watch_session is None:
             self._watch_session = (
                 session_state.watcher(wrapper.vendor, self.settings.session_state) or False
             )
         if self._watch_session:
             wrapper.execute_wrappers.insert(1, self._watch_session)
-        wrapper.connect = self._timed(wrapper.connect)  # this wrapper's own, not the class's
+        wrapper.connect = self._timed(wrapper)  # this wrapper's own, not the class's
         return wrapper
 
-    def _timed(self, connect: Any) -> Any:
+    def _timed(self, wrapper: Wrapper) -> Any:
         note_connect = self.pool.note_connect
+        connect = wrapper.connect
+        state = wrapper.__dict__
 
         def timed_connect() -> None:
             started = time.monotonic()
+            state[session_state.SETUP_ATTR] = True  # Django's session set-up: not the work's
             try:
                 connect()
             finally:
+                state[session_state.SETUP_ATTR] = False
                 note_connect(time.monotonic() - started)
 
         return timed_connect
@@ -354,7 +359,12 @@ class AliasPool:
         return wrapper
 
     def _reset_session(self, wrapper: Wrapper) -> None:
-        if reset_session(wrapper):
+        setattr(wrapper, session_state.SETUP_ATTR, True)  # the set-up replayed: not the work's
+        try:
+            done = reset_session(wrapper)
+        finally:
+            setattr(wrapper, session_state.SETUP_ATTR, False)
+        if done:
             # Clean now (Django's session set-up, replayed by the reset, was watched too).
             setattr(wrapper, session_state.SESSION_ATTR, None)
         else:  # no reset on this backend: a fresh connection is

@@ -45,6 +45,9 @@ logger = logging.getLogger("wsgi_dbpool")
 SESSION_ATTR = "_wsgi_dbpool_session"
 # On pooled wrappers: a statement ran on the connection since this work took it.
 RAN_ATTR = "_wsgi_dbpool_ran"
+# On pooled wrappers: True while Django sets the session up (connect, or after a session
+# reset): its statements (the isolation level, say) are the connection's own, not the work's.
+SETUP_ATTR = "_wsgi_dbpool_setup"
 
 # What a statement starts with (the string, or after a ';': psycopg runs several), past
 # comments; and what it calls anywhere. Named groups: the ones in _READERS read state, the
@@ -183,11 +186,13 @@ def watcher(vendor: str, mode: SessionStateMode) -> Any:
                 return execute(sql, params, many, context)
             finally:
                 state[RAN_ATTR] = True
+        if state[SETUP_ATTR]:
+            return execute(sql, params, many, context)
         sets, reads = kind
         if reads is not None and not state[RAN_ATTR]:
-            raise SessionStateError(_read_elsewhere(reads, wrapper))
+            raise SessionStateError(_read_elsewhere(reads, sql, wrapper))
         if sets is not None and refuse_setters:
-            raise SessionStateError(_refused(sets, wrapper))
+            raise SessionStateError(_refused(sets, sql, wrapper))
         try:
             return execute(sql, params, many, context)
         finally:
@@ -198,7 +203,12 @@ def watcher(vendor: str, mode: SessionStateMode) -> Any:
     return watch
 
 
-def _read_elsewhere(reads: str, wrapper: Any) -> str:
+def _quoted(sql: str) -> str:
+    text = " ".join(sql.split())
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _read_elsewhere(reads: str, sql: str, wrapper: Any) -> str:
     if getattr(getattr(wrapper, "_wsgi_dbpool_front", None), "per_transaction", False):
         where = (
             "under hold='transaction' the statement that set it ran on a connection given "
@@ -207,16 +217,18 @@ def _read_elsewhere(reads: str, wrapper: Any) -> str:
     else:
         where = "it is the first statement of this unit of work on its connection"
     return (
-        f"{reads} reads what the previous statement left on its connection ({wrapper.alias!r}), "
+        f"{_quoted(sql)}: {reads} reads what the previous statement left on its connection "
+        f"({wrapper.alias!r}), "
         f"and {where}: it would return another request's value. Run the statement that sets "
         f"it and {reads} together inside transaction.atomic(), or take the value from the "
         f"statement itself (cursor.lastrowid, INSERT ... RETURNING)"
     )
 
 
-def _refused(sets: str, wrapper: Any) -> str:
+def _refused(sets: str, sql: str, wrapper: Any) -> str:
     return (
-        f"{sets} leaves state on the session of its connection ({wrapper.alias!r}), refused by "
+        f"{_quoted(sql)}: {sets} leaves state on the session of its connection "
+        f"({wrapper.alias!r}), refused by "
         f"session_state='raise'. Undo it in the same unit of work, or use a transaction-scoped "
         f"form (SET LOCAL, pg_advisory_xact_lock) inside transaction.atomic(); "
         f"session_state='pin' (the default) allows it: the work keeps its connection to its "
