@@ -125,6 +125,28 @@ def test_last_insert_id_inside_atomic_is_ones_own_under_transaction_hold(make_ap
     assert answers == [{"name": f"a{i}"} for i in range(30)]
 
 
+def test_found_rows_after_sql_calc_found_rows_is_ones_own_in_every_mode(make_app, db, hold):
+    # SQL_CALC_FOUND_ROWS exists for the FOUND_ROWS() after it: it pins the work.
+    def view(environ: dict[str, Any]) -> Any:
+        me = environ["PATH_INFO"].strip("/")
+        with _cursor("default") as cursor:
+            cursor.execute("SELECT SQL_CALC_FOUND_ROWS name FROM items WHERE name LIKE %s LIMIT 1",
+                           [me + "-%"])
+            gevent.sleep(0.005)
+            cursor.execute("SELECT FOUND_ROWS()")
+            return {"found": cursor.fetchone()[0]}
+
+    rows = [(f"f{i}-{j}",) for i in range(12) for j in range(i % 4 + 1)]
+    with _cursor("default") as cursor:
+        cursor.executemany("INSERT INTO items (name) VALUES (%s)", rows)
+    from django.db import connections
+
+    connections["default"].close()
+    app = _app(make_app, view, "default", hold=hold, size=2, max_outstanding=2)
+    answers = _concurrently(app, [f"/f{i}" for i in range(12)])
+    assert answers == [{"found": i % 4 + 1} for i in range(12)]
+
+
 def test_a_reader_first_on_a_kept_connection_is_refused(make_app, db, hold):
     # The previous request's id is still on the connection: read first, it would be theirs.
     def view(environ: dict[str, Any]) -> Any:
