@@ -22,7 +22,7 @@ backend, its answer cached per SQL text: ORM statements repeat):
   ``atomic()``, or read ``cursor.lastrowid`` / ``RETURNING``).
 
 ``session_state="raise"`` refuses the setters too, before they run (to find every use, in CI);
-``"ignore"`` installs nothing (no cost, nothing seen, as before 0.2).
+``"ignore"`` installs nothing (no cost, nothing seen: the behaviour before this module).
 
 What cannot be seen: SQL sent on the raw driver connection (``connection.connection``),
 ``callproc()`` and what a stored procedure or trigger does inside the server (``CALL`` is not
@@ -31,15 +31,12 @@ classified), SQL given as a non-``str`` object (psycopg ``sql.Composed``).
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 from .errors import SessionStateError
 from .settings import SessionStateMode
-
-logger = logging.getLogger("wsgi_dbpool")
 
 # On pooled wrappers: what changed the session of the wrapper's connection (a label), or None.
 SESSION_ATTR = "_wsgi_dbpool_session"
