@@ -360,3 +360,52 @@ def test_ignore_sees_nothing_as_before(make_app, db):
 def test_session_state_is_checked_like_every_knob(make_app, django_site):
     with pytest.raises(ValueError, match="session_state must be one of"):
         make_app(session_state="reset")
+
+
+# -- 7. the classifier against the server's own account ------------------------------------
+
+# What a unit of work may send that leaves state on its session, and what it sends every day.
+LEAVES_STATE = [
+    "SET @x = 1", "SET @@session.sql_mode = ''", "SET SESSION time_zone = '+01:00'",
+    "SET time_zone = '+02:00'", "SET NAMES latin1", "SET CHARACTER SET utf8mb4",
+    "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE", "SET autocommit = 0",
+    "SET autocommit = 1", "SET SQL_AUTO_IS_NULL = 1", "USE app_other", "USE app",
+    "CREATE TEMPORARY TABLE scratch_a (x INT)", "CREATE OR REPLACE TEMPORARY TABLE scratch_b (x INT)",
+    "PREPARE p FROM 'SELECT 1'", "/* a comment */ SET @y = 2", "set @z = 3",
+]
+EVERYDAY = [
+    "SELECT 1", "SELECT name FROM items WHERE id = 1", "INSERT INTO items (name) VALUES ('e')",
+    "UPDATE items SET name = 'f' WHERE id = -1", "DELETE FROM items WHERE id = -1", "BEGIN",
+    "COMMIT", "SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "SAVEPOINT s", "ROLLBACK",
+    "SELECT COUNT(*) FROM items", "DO 1",
+]
+
+
+@pytest.mark.mariadb
+def test_the_classifier_sees_every_change_mariadb_reports(db):
+    """MariaDB reports a session-state change (SERVER_SESSION_STATE_CHANGED) on the OK packet
+    of the statement, with CLIENT_SESSION_TRACK and session_track_state_change=ON: every
+    statement it flags, the classifier marks; no everyday statement is marked by either."""
+    import pymysql
+    from pymysql.constants import CLIENT
+
+    from wsgi_dbpool.session_state import CLASSIFIERS
+
+    classify = CLASSIFIERS["mysql"].classify
+    raw = pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
+                          database=db.database, client_flag=CLIENT.SESSION_TRACK)
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute("SET SESSION session_track_state_change = ON")
+            reported = {}
+            for sql in LEAVES_STATE + EVERYDAY:
+                cursor.execute("DO 1")  # an OK packet: clears a flag a result set left behind
+                cursor.execute(sql)
+                cursor.fetchall()
+                reported[sql] = bool(raw.server_status & 0x4000) and not raw._result.field_count
+    finally:
+        raw.close()
+    assert [sql for sql in LEAVES_STATE if not reported[sql]] == []  # the server agrees
+    assert [sql for sql in EVERYDAY if reported[sql]] == []
+    assert [sql for sql in LEAVES_STATE if classify(sql) is None] == []
+    assert [sql for sql in EVERYDAY if classify(sql) is not None] == []
