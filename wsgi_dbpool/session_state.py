@@ -5,8 +5,9 @@ A pooled connection outlives the unit of work (request, ``checkout()``, task) th
 What a statement leaves in the *session* (a variable, a temporary table, a named lock, the
 current database) is seen by whoever holds the connection next; and under
 ``hold="transaction"`` the next statement of the *same* work may run on another connection.
-So every statement sent through Django's cursor is classified (one precompiled regex per
-backend, its answer cached per SQL text: ORM statements repeat):
+So every statement sent through Django's cursor is classified (two precompiled patterns per
+backend: what a statement starts with, and what it calls; the answer cached per SQL text, as
+ORM statements repeat):
 
 - a statement that **sets** session state marks the connection (:data:`SESSION_ATTR`): the
   return path resets its session (``COM_RESET_CONNECTION`` / ``DISCARD ALL``, as
