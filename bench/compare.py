@@ -5,7 +5,8 @@ throwaway MariaDB with ``max_connections=100``; ``wrk`` (Debian's) is the load; 
 server-side figure comes from MariaDB itself (``Connections``, the process list).
 
 Scenarios: ``io`` and ``io_first`` (300 clients on a view that waits 50 ms on
-something else, beside its queries: what ``hold=`` is for), ``throughput`` (50 clients,
+something else, beside its queries: what ``hold=`` is for; ``io_session``: as ``io``, one
+request in ten setting session state first), ``throughput`` (50 clients,
 one indexed query), ``steady`` (10 clients:
 server connections opened per 1,000 requests), ``streaming`` (a response querying while
 it streams: bodies intact, connections returned), ``storm`` (300 clients on a view
@@ -151,8 +152,9 @@ def _io(path: str) -> Any:
 SCENARIOS = {
     "throughput": throughput, "steady": steady, "streaming": streaming,
     "storm": storm, "ceiling": ceiling, "io": _io("/io/"), "io_first": _io("/io_first/"),
+    "io_session": _io("/io_session/"),
 }
-RATED = ("throughput", "steady", "io", "io_first")
+RATED = ("throughput", "steady", "io", "io_first", "io_session")
 
 
 def ratio(ours: float, theirs: float) -> str:
@@ -212,6 +214,7 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     for scenario, title in (
         ("io", "io: 300 clients; a query, 50 ms waiting on something else, a query"),
         ("io_first", "io_first: 300 clients; 50 ms waiting on something else, then a query"),
+        ("io_session", "io_session: as io, and one request in ten sets a session variable first"),
     ):
         rows = [(s, r[scenario]) for s, r in results.items() if scenario in r]
         if not rows:
@@ -312,7 +315,7 @@ def main() -> None:
                 try:
                     with serving(stack, db, env) as server:
                         for name in [*rated, *once]:
-                            if stack == "no_cap" and name not in ("io", "io_first"):
+                            if stack == "no_cap" and name not in ("io", "io_first", "io_session"):
                                 continue
                             started = time.monotonic()
                             result = SCENARIOS[name](server, db, args)

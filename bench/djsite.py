@@ -14,6 +14,7 @@ Chosen by environment variables, so one gunicorn command line serves each stack:
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pymysql
@@ -102,6 +103,18 @@ def io(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"{first} {second}")
 
 
+_io_requests = itertools.count()
+
+
+def io_session(request: HttpRequest) -> HttpResponse:
+    """As ``io``; one request in ten first sets a user variable (session state: under
+    ``hold="transaction"`` that request keeps its connection to its end, then it is reset)."""
+    if next(_io_requests) % 10 == 0:
+        with connection.cursor() as cursor:
+            cursor.execute("SET @bench_marker = %s", [id(request)])
+    return io(request)
+
+
 def io_first(request: HttpRequest) -> HttpResponse:
     """50 ms waiting on something else first, then one query."""
     import gevent
@@ -134,7 +147,7 @@ def stats(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb),
-    path("io/", io), path("io_first/", io_first),
+    path("io/", io), path("io_first/", io_first), path("io_session/", io_session),
     path("stats/", stats), path("write/", write),
 ]
 

@@ -28,8 +28,12 @@ private detail                            why
                                           at connect; read by the verdict, and cleared
                                           when ``max_lifetime`` replaces that rule.
 ``BaseDatabaseWrapper.connect``,          wrapped on each pooled wrapper instance (not
-``execute_wrappers``                      the class) to time connects; the failover
-                                          watch is put first in the (public) list.
+``execute_wrappers``                      the class) to time connects (and to tell the
+                                          session-state watch that Django's own session
+                                          set-up runs: its statements pass through the
+                                          list too); the failover watch is put first in
+                                          the (public) list, the session-state watch
+                                          second.
 ``BaseDatabaseWrapper._set_autocommit``   replays the server's autocommit after a
                                           session reset without Django's bookkeeping.
 PyMySQL ``Connection.server_status``      in memory after every reply: bit 0x1 "in
