@@ -74,8 +74,9 @@ Public driver state read here too: PyMySQL ``open``; psycopg 3 ``closed``, ``bro
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 logger = logging.getLogger("wsgi_dbpool")
@@ -85,8 +86,13 @@ NOBODY = 0
 
 
 def set_owner(wrapper: Any, ident: int) -> None:
-    """Make greenlet (or thread) ``ident`` the only one Django lets use ``wrapper``."""
+    """Make greenlet (or thread) ``ident`` the only one Django lets use ``wrapper``.
+
+    The thread-sharing count goes back to zero: ``inc_thread_sharing()`` was the previous
+    holder's, and a count left over would switch Django's check off for the next one.
+    """
     wrapper._thread_ident = ident
+    wrapper._thread_sharing_count = 0
 
 
 def thread_local_storage(local: Any) -> Any:
@@ -126,7 +132,9 @@ def _pymysql(raw: Any, autocommit: bool) -> str | None:
     if not raw.open:
         return CLOSED
     result = raw._result
-    if result is not None and result.unbuffered_active:
+    # A result still on the wire, or more results to come (SERVER_MORE_RESULTS_EXISTS,
+    # 0x8, which PyMySQL keeps as ``has_next``: a CALL or "a; b" read only in part).
+    if result is not None and (result.unbuffered_active or result.has_next):
         return MID_RESULT
     status = raw.server_status
     if status & 1:  # SERVER_STATUS_IN_TRANS
@@ -263,7 +271,9 @@ def copy_transaction_state(source: Any, target: Any) -> None:
 
 
 def reset_transaction_state(wrapper: Any) -> None:
-    """A wrapper's transaction state as Django's ``connect()`` leaves it."""
+    """A wrapper's transaction state as Django's ``connect()`` leaves it (and no
+    ``rollback_exc``: a new wrapper's, which a plain connection has in a new thread)."""
+    wrapper.rollback_exc = None
     wrapper.in_atomic_block = False
     wrapper.savepoint_ids = []
     wrapper.atomic_blocks = []
@@ -275,8 +285,45 @@ def reset_transaction_state(wrapper: Any) -> None:
     wrapper.run_commit_hooks_on_set_autocommit_on = False
 
 
+# What Django's connect() (through get_connection_params(), get_new_connection() and
+# init_connection_state()) leaves on the wrapper itself, beside the flags above and
+# ``close_at``, ``health_check_enabled``/``_done``: a front never runs it, so it takes
+# these from the carrier whose connection it borrows. MySQL: ``isolation_level`` (set by
+# get_connection_params); PostgreSQL: ``isolation_level`` (get_new_connection); SQLite
+# (5.1+): ``transaction_mode``, ``init_commands`` (get_connection_params).
+CONNECT_ATTRIBUTES = ("isolation_level", "transaction_mode", "init_commands")
+
+# Django's cached_property values read from the server (one round trip, through
+# ``temporary_connection()``, the first time): shared between a front and its carriers,
+# so that each is asked once per connection, not once per front.
+SERVER_CACHES = (
+    "mysql_server_data", "mysql_server_info", "mysql_version", "mysql_is_mariadb",
+    "sql_mode", "pg_version",
+)
+
+
+def copy_connect_state(carrier: Any, front: Any) -> None:
+    """On attach: what ``connect()`` set on the carrier, and what the server told it."""
+    source, target = carrier.__dict__, front.__dict__
+    for name in CONNECT_ATTRIBUTES:
+        if name in source:
+            target[name] = source[name]
+    for name in SERVER_CACHES:
+        if name in source and name not in target:
+            target[name] = source[name]
+
+
+def keep_server_caches(front: Any, carrier: Any) -> None:
+    """On detach: what the front learnt from the server, for the carrier's next fronts."""
+    source, target = front.__dict__, carrier.__dict__
+    for name in SERVER_CACHES:
+        if name in source and name not in target:
+            target[name] = source[name]
+
+
 def override_front_methods(wrapper: Any, front: Any) -> None:
-    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``."""
+    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``; with
+    ``hold="transaction"`` a cursor made while detached attaches at its first statement."""
     cls = type(wrapper)
 
     def connect() -> None:
@@ -284,6 +331,11 @@ def override_front_methods(wrapper: Any, front: Any) -> None:
 
     def get_autocommit() -> bool:
         if wrapper.connection is None:  # detached: the next attachment restores this
+            if wrapper.closed_in_transaction and not wrapper.in_atomic_block:
+                # Closed inside atomic(), whose end has passed: Django's own answer
+                # connects, and connect() starts afresh. So does the next attachment.
+                reset_transaction_state(wrapper)
+                wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
             return bool(wrapper.autocommit)
         return bool(cls.get_autocommit(wrapper))
 
@@ -300,14 +352,46 @@ def override_front_methods(wrapper: Any, front: Any) -> None:
         finally:
             front.detach(wrapper)  # the raw connection is closed: give the slot back
 
+    @contextlib.contextmanager
+    def temporary_connection() -> Iterator[Any]:
+        # Django's closes a connection it opened for the occasion; a front borrowed one:
+        # closing it would cost the pool a reconnect. Under hold="transaction" it is
+        # given back as after any statement; under "lazy" the work holds it as usual.
+        detached = wrapper.connection is None
+        try:
+            wrapper.ensure_connection()
+            with wrapper.cursor() as cursor:
+                yield cursor
+        finally:
+            if detached and front.per_transaction:
+                front.detach_if_idle(wrapper)
+
     wrapper.connect = connect
     wrapper.get_autocommit = get_autocommit
     wrapper.set_autocommit = set_autocommit
     wrapper.close = close
+    wrapper.temporary_connection = temporary_connection
+    if front.per_transaction:
+
+        def _cursor(name: str | None = None) -> Any:
+            if name is None and wrapper.connection is None:
+                return front.detached_cursor(wrapper)
+            return cls._cursor(wrapper, name)
+
+        wrapper._cursor = _cursor
 
 
 def driver_cursor_connection(django_cursor: Any) -> Any:
     return getattr(django_cursor.cursor, "connection", None)
+
+
+def driver_cursor_closed(driver_cursor: Any) -> bool:
+    """Whether the user closed this driver cursor: PyMySQL forgets its connection,
+    psycopg and sqlite3 say ``closed``."""
+    closed = getattr(driver_cursor, "closed", None)
+    if isinstance(closed, bool):
+        return closed
+    return getattr(driver_cursor, "connection", True) is None
 
 
 def replace_driver_cursor(django_cursor: Any, driver_cursor: Any) -> None:
