@@ -68,6 +68,9 @@ class Front:
         self.holds: HoldWatch | None = None
         self._free: list[Any] = []
         self._generation = -1
+        # hold="lazy": the greenlets holding (or waiting for) a connection of this alias,
+        # whose spawned greenlets must not wait for one under the same cap.
+        self.holding: set[int] = set()
 
     # -- lending -----------------------------------------------------------------------
 
@@ -117,9 +120,12 @@ class Front:
         work: Work | None = getattr(wrapper, _WORK)
         timeout = work.timeout if work is not None else self.alias_pool.settings.timeout
         ident = _concurrency.get_ident()
+        if not self.per_transaction:
+            self.holding.add(ident)
         try:
             carrier = self.alias_pool.checkout(timeout, ident)
         except PoolTimeout as exc:
+            self.holding.discard(ident)
             if work is not None:
                 work.timed_out = exc  # so the middleware can answer 503 instead of 500
             raise
@@ -129,6 +135,7 @@ class Front:
             elif wrapper.health_check_enabled and not wrapper.health_check_done:
                 self._health_check(carrier)
         except BaseException as exc:
+            self.holding.discard(ident)
             self.alias_pool.checkin(carrier, broken=not isinstance(exc, Exception))
             raise
         # What Django's connect() does to a wrapper outside atomic(), for this connection.
@@ -172,6 +179,8 @@ class Front:
         if carrier is None:
             return
         setattr(wrapper, _CARRIER, None)
+        if not self.per_transaction:
+            self.holding.discard(wrapper._wsgi_dbpool_holder)
         if self.holds is not None:
             self.holds.finish(wrapper.__dict__.pop("_wsgi_dbpool_hold", -1))
         carrier.connection = wrapper.connection
@@ -327,10 +336,20 @@ def _create_connection(alias: str) -> Any:
         from .lease import in_lease
 
         ident = _concurrency.get_ident()
-        if not in_lease(ident):
+        if not in_lease(ident) and not _would_wait_for_its_spawner(front):
             wrapper = front.take(Work(front.alias_pool.settings.timeout, None), ident)
             if _concurrency.at_greenlet_exit(lambda: front.give_back(wrapper)):
                 front.alias_pool.pool.count("spawned")
                 return wrapper
             front.give_back(wrapper)  # not a greenlet we can watch: Django's own
     return _internals.django_create_connection(alias)
+
+
+def _would_wait_for_its_spawner(front: Front) -> bool:
+    """``hold="lazy"``: the greenlet that spawned this one holds a connection of the alias
+    until its work ends, and may be waiting for this greenlet. Under the same cap, with
+    every slot held by such a spawner, neither would get anywhere before ``timeout``:
+    this greenlet opens its own connection instead, as under ``hold="request"``."""
+    if front.per_transaction or not front.holding:
+        return False
+    return _concurrency.spawner_ident() in front.holding
