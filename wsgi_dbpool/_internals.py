@@ -60,6 +60,37 @@ PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed af
 driver cursor ``.connection``             (DB-API extension; through Django's MySQL
                                           cursor wrapper by ``__getattr__``) which raw
                                           connection a cursor runs on.
+``BaseDatabaseWrapper                     reset by :func:`set_owner` when a wrapper changes
+._thread_sharing_count``                  holder: ``inc_thread_sharing()`` is the holder's,
+                                          and a count left over would switch Django's
+                                          thread check off for the next one (5.2, 6.1).
+``BaseDatabaseWrapper.rollback_exc``      the error that doomed the holder's ``atomic()``;
+                                          reset when the wrapper changes holder (5.2, 6.1).
+``isolation_level`` (MySQL                what ``connect()`` leaves on the wrapper besides
+``get_connection_params``, PostgreSQL     the flags above (:data:`CONNECT_ATTRIBUTES`):
+``get_new_connection``);                  copied from the carrier to a front on attach
+``transaction_mode``, ``init_commands``   (5.2, 6.1).
+(SQLite ``get_connection_params``)
+``cached_property`` values in the         what the server told Django (:data:`SERVER_CACHES`:
+wrapper's ``__dict__``: MySQL             one ``temporary_connection()`` round trip each
+``mysql_server_data``, ``_info``,         time a wrapper first asks): shared between a front
+``mysql_version``, ``mysql_is_mariadb``,  and its carriers (5.2, 6.1).
+``sql_mode``; PostgreSQL ``pg_version``
+``BaseDatabaseWrapper._cursor``,          overridden on ``hold="transaction"`` fronts: a
+``_prepare_cursor``                       cursor made while detached wraps a placeholder
+                                          driver cursor and attaches at its first statement
+                                          (5.2, 6.1).
+``BaseDatabaseWrapper                     overridden on fronts: borrow (and, per transaction,
+.temporary_connection``                   give back) instead of close (5.2, 6.1).
+``health_check_enabled``,                 ``CONN_HEALTH_CHECKS``, which only ``connect()``
+``close_if_health_check_failed``          arms: set on fronts, run on the carrier at a unit
+                                          of work's first attachment (5.2, 6.1).
+PyMySQL ``Connection._result.has_next``   more result sets to come (the server's
+                                          ``SERVER_MORE_RESULTS_EXISTS``): a ``CALL`` read in
+                                          part keeps its connection (PyMySQL 1.1.3, 1.2.4).
+gevent ``Greenlet.spawning_greenlet``     under ``hold="lazy"``, whether a greenlet's spawner
+                                          holds a connection it would wait for (gevent 24.2,
+                                          26.9).
 ``ConnectionHandler.create_connection``   replaced on ``django.db.connections`` itself
                                           (an instance attribute) while a middleware
                                           with ``hold != "request"`` exists: a gevent
