@@ -36,41 +36,17 @@ _DETACHED = (
     "hold='transaction': connection.connection is None between statements (the connection "
     "is given back after each)"
 )
-_NOT_ANALYSED = "fails pooled in every mode; not analysed yet (issue #19 follow-up)"
-_MAIN_CONNECTION = (
-    "not analysed yet (issue #19 follow-up): runs outside any unit of work (a plain "
-    "unittest.TestCase, or a SimpleTestCase with no databases) on the main thread's own "
-    "connection, which it finds closed ('Already closed', InterfaceError (0, '')) only in "
-    "the pooled runs"
-)
-_HEALTH_CHECKS = (
-    "not analysed yet (issue #19 follow-up): simulates several requests (request_started/"
-    "finished) inside one unit of work; the front checks CONN_HEALTH_CHECKS once per unit"
-)
 EVERY_MODE = {
     "backends.base.test_base.ExecuteWrapperTests.test_wrapper_connection_specific": _WRAPPERS,
-    **{
-        f"backends.base.test_creation.TestDbCreationTests.{name}": _MAIN_CONNECTION
-        for name in (
-            "test_migrate_test_setting_false", "test_migrate_test_setting_false_ensure_schema",
-            "test_migrate_test_setting_true", "test_serialize_deprecation",
-        )
-    },
-    **{
-        f"queries.tests.UnionTests.{name}": _MAIN_CONNECTION
-        for name in ("test_AB_ACB", "test_A_AB", "test_A_AB2", "test_BAB_BAC", "test_BAB_BACB",
-                     "test_BA_BCA__BAB_BAC_BCA")
-    },
-}
-_FRONTS = {
-    f"backends.base.test_base.ConnectionHealthChecksTests.{name}": _HEALTH_CHECKS
-    for name in ("test_health_checks_enabled", "test_set_autocommit_health_checks_enabled")
 }
 KNOWN: dict[str, dict[str, str]] = {
     "request": {},
-    "lazy": {**_FRONTS},
+    "lazy": {},
     "transaction": {
-        **_FRONTS,
+        **{
+            f"backends.base.test_base.ConnectionHealthChecksTests.{name}": _DETACHED
+            for name in ("test_health_checks_enabled", "test_set_autocommit_health_checks_enabled")
+        },
         "backends.tests.BackendTestCase.test_is_usable_after_database_disconnects": _DETACHED,
         "backends.tests.ThreadTests.test_default_connection_thread_local": _DETACHED,
         "backends.tests.ConnectionCreatedSignalTest.test_signal": (

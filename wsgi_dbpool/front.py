@@ -129,6 +129,8 @@ class Front:
             if work is not None:
                 work.timed_out = exc  # so the middleware can answer 503 instead of 500
             raise
+        # Read at each attachment, as connect() reads it (a test may patch the settings).
+        wrapper.health_check_enabled = wrapper.settings_dict["CONN_HEALTH_CHECKS"]
         try:
             if carrier.connection is None:
                 carrier.connect()  # Django's own: driver connect, session set-up, signal

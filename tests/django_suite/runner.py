@@ -80,7 +80,14 @@ class PooledRunner(DiscoverRunner):
     def setup_databases(self, **kwargs: Any) -> Any:
         config = super().setup_databases(**kwargs)
         if self.hold is not None:
+            from django.db import connections
+
             from wsgi_dbpool import PoolingMiddleware
+
+            # As the plain run's first TestCase would (it closes every connection at its
+            # end): the main thread's own connections, opened to set the databases up,
+            # are not left open under the units of work, which close pooled ones instead.
+            connections.close_all()
 
             self.application = PoolingMiddleware(
                 lambda environ, start_response: [], aliases=["default", "other"],
