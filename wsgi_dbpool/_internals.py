@@ -73,9 +73,8 @@ driver cursor ``.connection``             (DB-API extension; through Django's My
 (SQLite ``get_connection_params``)
 ``cached_property`` values in the         what the server told Django (:data:`SERVER_CACHES`:
 wrapper's ``__dict__``: MySQL             one ``temporary_connection()`` round trip each
-``mysql_server_data``, ``_info``,         time a wrapper first asks): shared between a front
-``mysql_version``, ``mysql_is_mariadb``,  and its carriers (5.2, 6.1).
-``sql_mode``; PostgreSQL ``pg_version``
+``mysql_server_data``; PostgreSQL         time a wrapper first asks): shared between a front
+``pg_version``                            and its carriers (5.2, 6.1).
 ``BaseDatabaseWrapper._cursor``,          overridden on ``hold="transaction"`` fronts: a
 ``_prepare_cursor``                       cursor made while detached wraps a placeholder
                                           driver cursor and attaches at its first statement
@@ -326,11 +325,10 @@ CONNECT_ATTRIBUTES = ("isolation_level", "transaction_mode", "init_commands")
 
 # Django's cached_property values read from the server (one round trip, through
 # ``temporary_connection()``, the first time): shared between a front and its carriers,
-# so that each is asked once per connection, not once per front.
-SERVER_CACHES = (
-    "mysql_server_data", "mysql_server_info", "mysql_version", "mysql_is_mariadb",
-    "sql_mode", "pg_version",
-)
+# so that each is asked once per connection, not once per front. (``mysql_server_info``,
+# ``mysql_version``, ``mysql_is_mariadb`` and ``sql_mode`` derive from
+# ``mysql_server_data`` with no round trip.)
+SERVER_CACHES = ("mysql_server_data", "pg_version")
 
 
 def copy_connect_state(carrier: Any, front: Any) -> None:

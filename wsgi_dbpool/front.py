@@ -33,6 +33,7 @@ logger = logging.getLogger("wsgi_dbpool")
 FRONT_ATTR = "_wsgi_dbpool_front"  # the Front that made it
 _CARRIER = "_wsgi_dbpool_carrier"  # the checked-out carrier while attached, else None
 _WORK = "_wsgi_dbpool_work"  # the Work it serves while taken
+_COPIED_FROM = "_wsgi_dbpool_copied_from"  # the carrier whose connect() state it last took
 
 # What may still be going on after a statement, by the driver's account: a transaction
 # (also autocommit switched off by SQL: the next statements are one) or an unread result.
@@ -150,7 +151,9 @@ class Front:
         wrapper.closed_in_transaction = False
         wrapper.errors_occurred = False
         wrapper.health_check_done = True
-        _internals.copy_connect_state(carrier, wrapper)
+        if wrapper.__dict__.get(_COPIED_FROM) is not carrier:  # once per pair: it is per alias
+            _internals.copy_connect_state(carrier, wrapper)
+            setattr(wrapper, _COPIED_FROM, carrier)
         setattr(wrapper, _CARRIER, carrier)
         if self.holds is not None:
             wrapper._wsgi_dbpool_hold = self.holds.start(
@@ -229,15 +232,15 @@ class Front:
                 return execute(sql, params, many, context)  # the driver's own error
             wrapper.ensure_connection()
             _internals.replace_driver_cursor(cursor, wrapper.create_cursor(None))
-        elif (
-            wrapper.connection is None
-            or _internals.driver_cursor_connection(cursor) is not wrapper.connection
-        ):
-            if _internals.driver_cursor_closed(driver):
+        else:
+            raw = _internals.driver_cursor_connection(cursor)
+            if raw is None:  # PyMySQL forgets its connection on close()
                 return execute(sql, params, many, context)  # stays closed: its own error
             if wrapper.connection is None:
                 wrapper.ensure_connection()
-            if _internals.driver_cursor_connection(cursor) is not wrapper.connection:
+            if raw is not wrapper.connection:
+                if _internals.driver_cursor_closed(driver):  # psycopg: stays closed too
+                    return execute(sql, params, many, context)
                 # A cursor made under an earlier attachment: its driver cursor belongs to
                 # a connection that may be someone else's now. Give it one on ours.
                 _internals.replace_driver_cursor(cursor, wrapper.create_cursor(None))
