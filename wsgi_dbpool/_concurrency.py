@@ -128,6 +128,20 @@ def at_greenlet_exit(callback: Callable[[], None]) -> bool:
     return True
 
 
+def spawner_ident() -> int | None:
+    """The ident (:func:`get_ident`) of the gevent greenlet that spawned the calling one,
+    while it is alive; None elsewhere."""
+    if not _gevent_patched():
+        return None
+    import gevent
+
+    ref = getattr(gevent.getcurrent(), "spawning_greenlet", None)
+    spawner = ref() if ref is not None else None
+    if spawner is None or spawner.dead:
+        return None
+    return id(spawner)  # gevent's get_ident() is the greenlet's id()
+
+
 # Calls queued by finalisers, for plain threads; served by one daemon thread.
 _deferred: _queue.SimpleQueue[Callable[[], None]] = _queue.SimpleQueue()
 _deferred_thread: list[int] = []  # the fork generation its thread runs in, if any

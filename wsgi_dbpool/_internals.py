@@ -71,6 +71,36 @@ PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed af
 driver cursor ``.connection``             (DB-API extension; through Django's MySQL
                                           cursor wrapper by ``__getattr__``) which raw
                                           connection a cursor runs on.
+``BaseDatabaseWrapper                     reset by :func:`set_owner` when a wrapper changes
+._thread_sharing_count``                  holder: ``inc_thread_sharing()`` is the holder's,
+                                          and a count left over would switch Django's
+                                          thread check off for the next one (5.2, 6.1).
+``BaseDatabaseWrapper.rollback_exc``      the error that doomed the holder's ``atomic()``;
+                                          reset when the wrapper changes holder (5.2, 6.1).
+``isolation_level`` (MySQL                what ``connect()`` leaves on the wrapper besides
+``get_connection_params``, PostgreSQL     the flags above (:data:`CONNECT_ATTRIBUTES`):
+``get_new_connection``);                  copied from the carrier to a front on attach
+``transaction_mode``, ``init_commands``   (5.2, 6.1).
+(SQLite ``get_connection_params``)
+``cached_property`` values in the         what the server told Django (:data:`SERVER_CACHES`:
+wrapper's ``__dict__``: MySQL             one ``temporary_connection()`` round trip each
+``mysql_server_data``; PostgreSQL         time a wrapper first asks): shared between a front
+``pg_version``                            and its carriers (5.2, 6.1).
+``BaseDatabaseWrapper._cursor``,          overridden on ``hold="transaction"`` fronts: a
+``_prepare_cursor``                       cursor made while detached wraps a placeholder
+                                          driver cursor and attaches at its first statement
+                                          (5.2, 6.1).
+``BaseDatabaseWrapper                     overridden on fronts: borrow (and, per transaction,
+.temporary_connection``                   give back) instead of close (5.2, 6.1).
+``health_check_enabled``,                 ``CONN_HEALTH_CHECKS``, which only ``connect()``
+``close_if_health_check_failed``          arms: set on fronts, run on the carrier at a unit
+                                          of work's first attachment (5.2, 6.1).
+PyMySQL ``Connection._result.has_next``   more result sets to come (the server's
+                                          ``SERVER_MORE_RESULTS_EXISTS``): a ``CALL`` read in
+                                          part keeps its connection (PyMySQL 1.1.3, 1.2.4).
+gevent ``Greenlet.spawning_greenlet``     under ``hold="lazy"``, whether a greenlet's spawner
+                                          holds a connection it would wait for (gevent 24.2,
+                                          26.9).
 ``ConnectionHandler.create_connection``   replaced on ``django.db.connections`` itself
                                           (an instance attribute) while a middleware
                                           with ``hold != "request"`` exists: a gevent
@@ -85,8 +115,9 @@ Public driver state read here too: PyMySQL ``open``; psycopg 3 ``closed``, ``bro
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 logger = logging.getLogger("wsgi_dbpool")
@@ -96,8 +127,13 @@ NOBODY = 0
 
 
 def set_owner(wrapper: Any, ident: int) -> None:
-    """Make greenlet (or thread) ``ident`` the only one Django lets use ``wrapper``."""
+    """Make greenlet (or thread) ``ident`` the only one Django lets use ``wrapper``.
+
+    The thread-sharing count goes back to zero: ``inc_thread_sharing()`` was the previous
+    holder's, and a count left over would switch Django's check off for the next one.
+    """
     wrapper._thread_ident = ident
+    wrapper._thread_sharing_count = 0
 
 
 def thread_local_storage(local: Any) -> Any:
@@ -142,7 +178,9 @@ def _pymysql(raw: Any, autocommit: bool) -> str | None:
     if not raw.open:
         return CLOSED
     result = raw._result
-    if result is not None and result.unbuffered_active:
+    # A result still on the wire, or more results to come (SERVER_MORE_RESULTS_EXISTS,
+    # 0x8, which PyMySQL keeps as ``has_next``: a CALL or "a; b" read only in part).
+    if result is not None and (result.unbuffered_active or result.has_next):
         return MID_RESULT
     status = raw.server_status
     if status & 1:  # SERVER_STATUS_IN_TRANS
@@ -296,7 +334,9 @@ def copy_transaction_state(source: Any, target: Any) -> None:
 
 
 def reset_transaction_state(wrapper: Any) -> None:
-    """A wrapper's transaction state as Django's ``connect()`` leaves it."""
+    """A wrapper's transaction state as Django's ``connect()`` leaves it (and no
+    ``rollback_exc``: a new wrapper's, which a plain connection has in a new thread)."""
+    wrapper.rollback_exc = None
     wrapper.in_atomic_block = False
     wrapper.savepoint_ids = []
     wrapper.atomic_blocks = []
@@ -308,8 +348,44 @@ def reset_transaction_state(wrapper: Any) -> None:
     wrapper.run_commit_hooks_on_set_autocommit_on = False
 
 
+# What Django's connect() (through get_connection_params(), get_new_connection() and
+# init_connection_state()) leaves on the wrapper itself, beside the flags above and
+# ``close_at``, ``health_check_enabled``/``_done``: a front never runs it, so it takes
+# these from the carrier whose connection it borrows. MySQL: ``isolation_level`` (set by
+# get_connection_params); PostgreSQL: ``isolation_level`` (get_new_connection); SQLite
+# (5.1+): ``transaction_mode``, ``init_commands`` (get_connection_params).
+CONNECT_ATTRIBUTES = ("isolation_level", "transaction_mode", "init_commands")
+
+# Django's cached_property values read from the server (one round trip, through
+# ``temporary_connection()``, the first time): shared between a front and its carriers,
+# so that each is asked once per connection, not once per front. (``mysql_server_info``,
+# ``mysql_version``, ``mysql_is_mariadb`` and ``sql_mode`` derive from
+# ``mysql_server_data`` with no round trip.)
+SERVER_CACHES = ("mysql_server_data", "pg_version")
+
+
+def copy_connect_state(carrier: Any, front: Any) -> None:
+    """On attach: what ``connect()`` set on the carrier, and what the server told it."""
+    source, target = carrier.__dict__, front.__dict__
+    for name in CONNECT_ATTRIBUTES:
+        if name in source:
+            target[name] = source[name]
+    for name in SERVER_CACHES:
+        if name in source and name not in target:
+            target[name] = source[name]
+
+
+def keep_server_caches(front: Any, carrier: Any) -> None:
+    """On detach: what the front learnt from the server, for the carrier's next fronts."""
+    source, target = front.__dict__, carrier.__dict__
+    for name in SERVER_CACHES:
+        if name in source and name not in target:
+            target[name] = source[name]
+
+
 def override_front_methods(wrapper: Any, front: Any) -> None:
-    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``."""
+    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``; with
+    ``hold="transaction"`` a cursor made while detached attaches at its first statement."""
     cls = type(wrapper)
 
     def connect() -> None:
@@ -317,6 +393,11 @@ def override_front_methods(wrapper: Any, front: Any) -> None:
 
     def get_autocommit() -> bool:
         if wrapper.connection is None:  # detached: the next attachment restores this
+            if wrapper.closed_in_transaction and not wrapper.in_atomic_block:
+                # Closed inside atomic(), whose end has passed: Django's own answer
+                # connects, and connect() starts afresh. So does the next attachment.
+                reset_transaction_state(wrapper)
+                wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
             return bool(wrapper.autocommit)
         return bool(cls.get_autocommit(wrapper))
 
@@ -333,14 +414,46 @@ def override_front_methods(wrapper: Any, front: Any) -> None:
         finally:
             front.detach(wrapper)  # the raw connection is closed: give the slot back
 
+    @contextlib.contextmanager
+    def temporary_connection() -> Iterator[Any]:
+        # Django's closes a connection it opened for the occasion; a front borrowed one:
+        # closing it would cost the pool a reconnect. Under hold="transaction" it is
+        # given back as after any statement; under "lazy" the work holds it as usual.
+        detached = wrapper.connection is None
+        try:
+            wrapper.ensure_connection()
+            with wrapper.cursor() as cursor:
+                yield cursor
+        finally:
+            if detached and front.per_transaction:
+                front.detach_if_idle(wrapper)
+
     wrapper.connect = connect
     wrapper.get_autocommit = get_autocommit
     wrapper.set_autocommit = set_autocommit
     wrapper.close = close
+    wrapper.temporary_connection = temporary_connection
+    if front.per_transaction:
+
+        def _cursor(name: str | None = None) -> Any:
+            if name is None and wrapper.connection is None:
+                return front.detached_cursor(wrapper)
+            return cls._cursor(wrapper, name)
+
+        wrapper._cursor = _cursor
 
 
 def driver_cursor_connection(django_cursor: Any) -> Any:
     return getattr(django_cursor.cursor, "connection", None)
+
+
+def driver_cursor_closed(driver_cursor: Any) -> bool:
+    """Whether the user closed this driver cursor: PyMySQL forgets its connection,
+    psycopg and sqlite3 say ``closed``."""
+    closed = getattr(driver_cursor, "closed", None)
+    if isinstance(closed, bool):
+        return closed
+    return getattr(driver_cursor, "connection", True) is None
 
 
 def replace_driver_cursor(django_cursor: Any, driver_cursor: Any) -> None:

@@ -277,6 +277,7 @@ class AliasPool:
         is then re-raised, for the caller it was meant for.
         """
         wrapper._wsgi_dbpool_holder = None
+        wrapper.rollback_exc = None  # the holder's; a new thread's wrapper has none
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
         if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on

@@ -34,6 +34,7 @@ logger = logging.getLogger("wsgi_dbpool")
 FRONT_ATTR = "_wsgi_dbpool_front"  # the Front that made it
 _CARRIER = "_wsgi_dbpool_carrier"  # the checked-out carrier while attached, else None
 _WORK = "_wsgi_dbpool_work"  # the Work it serves while taken
+_COPIED_FROM = "_wsgi_dbpool_copied_from"  # the carrier whose connect() state it last took
 
 # What may still be going on after a statement, by the driver's account: a transaction
 # (also autocommit switched off by SQL: the next statements are one) or an unread result.
@@ -69,6 +70,9 @@ class Front:
         self.holds: HoldWatch | None = None
         self._free: list[Any] = []
         self._generation = -1
+        # hold="lazy": the greenlets holding (or waiting for) a connection of this alias,
+        # whose spawned greenlets must not wait for one under the same cap.
+        self.holding: set[int] = set()
 
     # -- lending -----------------------------------------------------------------------
 
@@ -80,6 +84,7 @@ class Front:
         wrapper = self._free.pop() if self._free else self._make()
         _internals.set_owner(wrapper, ident)
         wrapper._wsgi_dbpool_holder = ident
+        wrapper.health_check_done = False  # CONN_HEALTH_CHECKS: once per unit of work
         setattr(wrapper, _WORK, work)
         return wrapper
 
@@ -102,6 +107,7 @@ class Front:
         setattr(wrapper, _CARRIER, None)
         setattr(wrapper, _WORK, None)
         wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
+        wrapper.health_check_enabled = wrapper.settings_dict["CONN_HEALTH_CHECKS"]
         _internals.override_front_methods(wrapper, self)
         if self.per_transaction:
             # Outermost, so that the failover watch inside it has noted an error on the
@@ -116,19 +122,29 @@ class Front:
         work: Work | None = getattr(wrapper, _WORK)
         timeout = work.timeout if work is not None else self.alias_pool.settings.timeout
         ident = _concurrency.get_ident()
+        if not self.per_transaction:
+            self.holding.add(ident)
         try:
             carrier = self.alias_pool.checkout(timeout, ident)
         except PoolTimeout as exc:
+            self.holding.discard(ident)
             if work is not None:
                 work.timed_out = exc  # so the middleware can answer 503 instead of 500
             raise
+        # Read at each attachment, as connect() reads it (a test may patch the settings).
+        wrapper.health_check_enabled = wrapper.settings_dict["CONN_HEALTH_CHECKS"]
         try:
             if carrier.connection is None:
                 carrier.connect()  # Django's own: driver connect, session set-up, signal
+            elif wrapper.health_check_enabled and not wrapper.health_check_done:
+                self._health_check(carrier)
         except BaseException as exc:
+            self.holding.discard(ident)
             self.alias_pool.checkin(carrier, broken=not isinstance(exc, Exception))
             raise
         # What Django's connect() does to a wrapper outside atomic(), for this connection.
+        if wrapper.closed_in_transaction:  # the last one was closed inside atomic()
+            _internals.reset_transaction_state(wrapper)
         wrapper.connection = carrier.connection
         wrapper.close_at = carrier.close_at
         wrapper.autocommit = carrier.autocommit
@@ -137,11 +153,32 @@ class Front:
         wrapper.errors_occurred = False
         wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
         setattr(wrapper, RAN_ATTR, False)  # nothing of this work on this connection yet
+        if wrapper.__dict__.get(_COPIED_FROM) is not carrier:  # once per pair: it is per alias
+            _internals.copy_connect_state(carrier, wrapper)
+            setattr(wrapper, _COPIED_FROM, carrier)
         setattr(wrapper, _CARRIER, carrier)
         if self.holds is not None:
             wrapper._wsgi_dbpool_hold = self.holds.start(
                 work.label if work is not None else "work outside a request"
             )
+
+    @staticmethod
+    def _health_check(carrier: Any) -> None:
+        """``CONN_HEALTH_CHECKS``: Django's own check, on the first attachment of a unit
+        of work (Django checks once per request, before the first query)."""
+        carrier.health_check_enabled = True
+        carrier.health_check_done = False
+        carrier.close_if_health_check_failed()  # closed if it does not answer
+        if carrier.connection is None:
+            carrier.connect()
+
+    def detached_cursor(self, wrapper: Any) -> Any:
+        """``connection.cursor()`` while detached (per transaction): a Django cursor that
+        takes a connection at its first statement, not now."""
+        driver = DetachedCursor(wrapper)
+        cursor = wrapper._prepare_cursor(driver)
+        driver.owner = cursor
+        return cursor
 
     def detach(self, wrapper: Any, broken: bool = False) -> None:
         """Give the raw connection back through the pool's return path (the verdict)."""
@@ -149,10 +186,13 @@ class Front:
         if carrier is None:
             return
         setattr(wrapper, _CARRIER, None)
+        if not self.per_transaction:
+            self.holding.discard(wrapper._wsgi_dbpool_holder)
         if self.holds is not None:
             self.holds.finish(wrapper.__dict__.pop("_wsgi_dbpool_hold", -1))
         carrier.connection = wrapper.connection
         carrier.close_at = wrapper.close_at
+        _internals.keep_server_caches(wrapper, carrier)
         failover = getattr(wrapper, FAILOVER_ATTR)
         if failover is not None:  # noted on the front when a statement failed: the
             setattr(carrier, FAILOVER_ATTR, failover)  # verdict reads it on the carrier
@@ -197,17 +237,78 @@ class Front:
     ) -> Any:
         """Django execute wrapper (per transaction): attach before, detach after."""
         wrapper = context["connection"]
-        if wrapper.connection is None:
-            wrapper.ensure_connection()
         cursor = context["cursor"]
-        if _internals.driver_cursor_connection(cursor) is not wrapper.connection:
-            # A cursor made under an earlier attachment: its driver cursor belongs to a
-            # connection that may be someone else's now. Give it one on ours.
+        driver = cursor.cursor
+        if type(driver) is DetachedCursor:
+            if driver.closed:
+                return execute(sql, params, many, context)  # the driver's own error
+            wrapper.ensure_connection()
             _internals.replace_driver_cursor(cursor, wrapper.create_cursor(None))
+        else:
+            raw = _internals.driver_cursor_connection(cursor)
+            if raw is None:  # PyMySQL forgets its connection on close()
+                return execute(sql, params, many, context)  # stays closed: its own error
+            if wrapper.connection is None:
+                wrapper.ensure_connection()
+            if raw is not wrapper.connection:
+                if _internals.driver_cursor_closed(driver):  # psycopg: stays closed too
+                    return execute(sql, params, many, context)
+                # A cursor made under an earlier attachment: its driver cursor belongs to
+                # a connection that may be someone else's now. Give it one on ours.
+                _internals.replace_driver_cursor(cursor, wrapper.create_cursor(None))
         try:
             return execute(sql, params, many, context)
         finally:
             self.detach_if_idle(wrapper)
+
+
+class DetachedCursor:
+    """The driver cursor inside a Django cursor made while detached (per transaction).
+
+    Nothing has run on it: it answers as a fresh driver cursor does, and the statement
+    wrapper replaces it with a real one at the first ``execute()``. Anything else asked
+    of it (``callproc``, ...) takes a connection then.
+    """
+
+    description = None
+    rowcount = -1
+    lastrowid = None
+    arraysize = 1
+
+    def __init__(self, wrapper: Any) -> None:
+        self.wrapper = wrapper
+        self.owner: Any = None  # the Django cursor around it
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _error(self, message: str) -> Exception:
+        return self.wrapper.Database.ProgrammingError(message)  # type: ignore[no-any-return]
+
+    def execute(self, *args: Any) -> Any:  # reached only once closed
+        raise self._error("Cursor closed")
+
+    executemany = execute
+
+    def fetchone(self) -> Any:
+        raise self._error("Cursor closed" if self.closed else "execute() first")
+
+    fetchmany = fetchall = __iter__ = fetchone
+
+    def nextset(self) -> None:
+        if self.closed:
+            raise self._error("Cursor closed")
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.closed:
+            raise self._error("Cursor closed")
+        wrapper = self.wrapper
+        wrapper.ensure_connection()
+        real = wrapper.create_cursor(None)
+        _internals.replace_driver_cursor(self.owner, real)
+        return getattr(real, name)
 
 
 def _reset_work_state(wrapper: Any) -> None:
@@ -223,6 +324,7 @@ def _reset_work_state(wrapper: Any) -> None:
         or wrapper.errors_occurred
     ):
         _internals.reset_transaction_state(wrapper)
+    wrapper.rollback_exc = None
     wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
     if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters
         wrapper.queries_log.clear()
@@ -251,10 +353,20 @@ def _create_connection(alias: str) -> Any:
         from .lease import in_lease
 
         ident = _concurrency.get_ident()
-        if not in_lease(ident):
+        if not in_lease(ident) and not _would_wait_for_its_spawner(front):
             wrapper = front.take(Work(front.alias_pool.settings.timeout, None), ident)
             if _concurrency.at_greenlet_exit(lambda: front.give_back(wrapper)):
                 front.alias_pool.pool.count("spawned")
                 return wrapper
             front.give_back(wrapper)  # not a greenlet we can watch: Django's own
     return _internals.django_create_connection(alias)
+
+
+def _would_wait_for_its_spawner(front: Front) -> bool:
+    """``hold="lazy"``: the greenlet that spawned this one holds a connection of the alias
+    until its work ends, and may be waiting for this greenlet. Under the same cap, with
+    every slot held by such a spawner, neither would get anywhere before ``timeout``:
+    this greenlet opens its own connection instead, as under ``hold="request"``."""
+    if front.per_transaction or not front.holding:
+        return False
+    return _concurrency.spawner_ident() in front.holding

@@ -1,0 +1,312 @@
+"""Indistinguishable from Django's own connection, in every ``hold`` mode (issue #19).
+
+A front wrapper (``hold="lazy"``/``"transaction"``) is a ``DatabaseWrapper`` that never
+ran Django's ``connect()``; a pooled wrapper changes holders. Each test here is one place
+where that showed through, judged by what the server says (``CONNECTION_ID()``, the
+``Connections`` counter, result sets) and by what plain Django answers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+import pytest
+
+from tests.helpers import get, serve, wait_until
+
+pytestmark = pytest.mark.mariadb
+
+MODES = ["request", "lazy", "transaction"]
+FRONT_MODES = ["lazy", "transaction"]
+
+
+def _one(sql: str, alias: str = "default"):
+    from django.db import connections
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0] if cursor.description else None
+
+
+def _in_use(app, alias: str = "default") -> int:
+    return int(app.stats()[alias]["in_use"])
+
+
+# -- 1. what connect() sets on the wrapper ------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_connect_state_is_there_as_on_a_plain_connection(make_app, db, hold):
+    from django.db import connection
+
+    app = make_app(size=1, hold=hold)
+    with app.checkout():
+        assert _one("SELECT 1") == 1
+        assert connection.isolation_level == "read committed"
+        assert connection.health_check_enabled is False  # CONN_HEALTH_CHECKS' default
+        connection.init_connection_state()  # Django's own tests call it again
+        assert _one("SELECT @@tx_isolation") == "READ-COMMITTED"
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_connect_state_on_postgresql(make_app, pg_db, hold):
+    from django.db import connections
+    from psycopg import IsolationLevel
+
+    app = make_app(size=1, aliases=["pg"], hold=hold)
+    with app.checkout():
+        assert _one("SELECT 1", "pg") == 1
+        assert connections["pg"].isolation_level == IsolationLevel.READ_COMMITTED
+
+
+# -- 2. a closed cursor stays closed --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_a_closed_cursor_does_not_execute_again(make_app, db, hold):
+    from django.db import ProgrammingError, connection
+
+    app = make_app(size=1, hold=hold)
+    with app.checkout():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        with pytest.raises(ProgrammingError):
+            cursor.execute("SELECT 2")
+        with connection.cursor() as never_used:
+            pass
+        with pytest.raises(ProgrammingError):
+            never_used.execute("SELECT 3")
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_a_closed_cursor_does_not_execute_again_on_postgresql(make_app, pg_db, hold):
+    from django.db import InterfaceError, ProgrammingError, connections
+
+    app = make_app(size=1, aliases=["pg"], hold=hold)
+    with app.checkout():
+        with connections["pg"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        with pytest.raises((InterfaceError, ProgrammingError)):
+            cursor.execute("SELECT 2")
+
+
+# -- 3. CONN_HEALTH_CHECKS ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_conn_health_checks_are_honoured(make_app, db, hold):
+    from django.db import connection, connections
+
+    settings_dict = connections.settings["default"]
+    settings_dict["CONN_HEALTH_CHECKS"] = True
+    try:
+        app = make_app(size=1, hold=hold, ping_after=None)  # only Django's check is left
+        with app.checkout():
+            first = _one("SELECT CONNECTION_ID()")
+            assert connection.health_check_enabled is True
+        db.kill(first)
+        wait_until(lambda: db.connection_count("app") == 0, what="the idle connection killed")
+        with app.checkout():
+            second = _one("SELECT CONNECTION_ID()")  # Django's health check reconnects
+        assert second != first
+    finally:
+        settings_dict["CONN_HEALTH_CHECKS"] = False
+
+
+# -- 4. close() inside atomic() -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_close_inside_atomic_then_the_work_goes_on(make_app, db, hold):
+    from django.db import connection, transaction
+
+    app = make_app(size=1, hold=hold)
+    with app.checkout():
+        with transaction.atomic():
+            _one("INSERT INTO items (name) VALUES ('lost')")
+            connection.close()
+        assert connection.get_autocommit() is True
+        with transaction.atomic():
+            _one("INSERT INTO items (name) VALUES ('kept')")
+        assert _one("SELECT @@autocommit") == 1
+        assert _one("SELECT COUNT(*) FROM items") == 1
+    assert [r[0] for r in db.admin_query("SELECT name FROM app.items")] == ["kept"]
+
+
+# -- 5. the thread-sharing count -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_thread_sharing_does_not_leak_to_the_next_holder(make_app, db, hold):
+    from django.db import connection
+
+    app = make_app(size=1, hold=hold)
+    with app.checkout():
+        _one("SELECT 1")
+        connection.inc_thread_sharing()  # and never dec: the work is over
+        shared = connection
+    with app.checkout():
+        _one("SELECT 1")
+        assert connection is shared  # the same wrapper, for a new holder
+        assert connection.allow_thread_sharing is False
+
+    def other_greenlet() -> bool:
+        with app.checkout():
+            _one("SELECT 1")
+            return bool(connection.allow_thread_sharing)
+
+    assert gevent.spawn(other_greenlet).get(timeout=10) is False
+
+
+# -- 6. a multi-result statement is never handed on mid-way ------------------------------------------
+
+
+@pytest.fixture
+def two_sets(db):
+    db.admin_query("DROP PROCEDURE IF EXISTS app.two_sets")
+    db.admin_query(
+        "CREATE PROCEDURE app.two_sets() BEGIN "
+        "SELECT CONNECTION_ID(), 1; SELECT CONNECTION_ID(), 2; END"
+    )
+    return db
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_a_second_result_set_stays_with_its_reader(make_app, two_sets, hold):
+    from django.db import connection
+
+    app = make_app(size=1, max_outstanding=1, timeout=5, hold=hold)
+
+    def reader() -> tuple[list, list, bool]:
+        with app.checkout(), connection.cursor() as cursor:
+            cursor.execute("CALL two_sets()")
+            first = list(cursor.fetchall())
+            gevent.sleep(0.05)  # the other greenlet asks for a connection meanwhile
+            more = bool(cursor.nextset())
+            second = list(cursor.fetchall()) if more else []
+            return first, second, more
+
+    def other() -> int:
+        with app.checkout():
+            return int(_one("SELECT CONNECTION_ID()"))
+
+    job = gevent.spawn(reader)
+    gevent.sleep(0.01)
+    intruder = gevent.spawn(other)
+    gevent.joinall([job, intruder], timeout=10, raise_error=True)
+    first, second, more = job.value
+    assert more, "the second result set was lost"
+    assert second[0][1] == 2 and second[0][0] == first[0][0]
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_a_connection_returned_mid_result_sets_is_not_handed_on(make_app, two_sets, hold):
+    from django.db import connection
+
+    app = make_app(size=1, hold=hold)
+    with app.checkout():
+        cursor = connection.cursor()
+        cursor.execute("CALL two_sets()")
+        first = cursor.fetchall()[0][0]
+        # The work ends with the second set unread (the cursor is not closed).
+    with app.checkout():
+        assert _one("SELECT 1") == 1
+        assert _one("SELECT CONNECTION_ID()") != first  # closed, not handed on
+    assert first not in [p["id"] for p in two_sets.processlist()]
+    del cursor
+
+
+# -- 7. connection.cursor() alone takes nothing -----------------------------------------------------
+
+
+def test_a_cursor_alone_takes_no_connection_in_transaction_mode(make_app, db):
+    from django.db import connection
+
+    app = make_app(size=1, max_outstanding=1, timeout=5, hold="transaction")
+
+    def other() -> float:
+        started = time.monotonic()
+        with app.checkout():
+            _one("SELECT 1")
+        return time.monotonic() - started
+
+    with app.checkout():
+        cursor = connection.cursor()
+        assert _in_use(app) == 0
+        waited = gevent.spawn(other).get(timeout=10)  # runs while our cursor is open
+        assert waited < 0.3
+        cursor.execute("SELECT CONNECTION_ID()")
+        assert cursor.fetchone()[0] > 0
+        assert _in_use(app) == 0
+        cursor.close()
+
+
+# -- 8. lazy: a view that queries, then spawns greenlets that query ------------------------------------
+
+
+def _query_then_spawn(environ, start_response):
+    from django.db import connections
+
+    _one("SELECT 1")
+    jobs = [gevent.spawn(_one, "SELECT CONNECTION_ID()") for _ in range(2)]
+    gevent.joinall(jobs, raise_error=True)
+    connections["default"]  # still bound to the request
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_a_view_that_queries_then_spawns_does_not_deadlock(make_app, db, hold):
+    app = make_app(_query_then_spawn, size=2, max_outstanding=2, timeout=3, hold=hold)
+    with serve(app) as address:
+        started = time.monotonic()
+        jobs = [gevent.spawn(get, address, "/", timeout=20) for _ in range(4)]
+        gevent.joinall(jobs, timeout=30, raise_error=True)
+        elapsed = time.monotonic() - started
+    assert [job.value.status for job in jobs] == [200] * 4
+    assert elapsed < 2.5
+
+
+# -- 9. version-dependent queries do not cost a reconnect ------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", FRONT_MODES)
+def test_server_version_lookups_keep_the_borrowed_connection(make_app, db, hold):
+    from django.db import connection
+
+    app = make_app(size=1, hold=hold)
+    before = db.connections_total()
+    with app.checkout():
+        # What filter(x__regex=...) does while compiling, before any query ran.
+        assert "REGEXP" in connection.ops.regex_lookup("regex")
+        first = _one("SELECT CONNECTION_ID()")
+    with app.checkout():
+        assert "REGEXP" in connection.ops.regex_lookup("regex")
+        assert _one("SELECT CONNECTION_ID()") == first
+    assert db.connections_opened_since(before) == 1
+    assert app.stats()["default"]["closed"] == 0
+
+
+# -- #17 item 4: rollback_exc ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_rollback_exc_belongs_to_its_unit_of_work(make_app, db, hold):
+    from django.db import IntegrityError, connection, transaction
+    from django.db.transaction import TransactionManagementError
+
+    app = make_app(size=1, hold=hold)
+    with app.checkout():
+        with transaction.atomic():
+            _one("INSERT INTO items (id, name) VALUES (1, 'one')")
+            try:
+                with transaction.mark_for_rollback_on_error():
+                    _one("INSERT INTO items (id, name) VALUES (1, 'again')")
+            except IntegrityError as exc:
+                error = exc
+            with pytest.raises(TransactionManagementError) as broken:
+                _one("SELECT 1")
+            assert broken.value.__cause__ is error  # carried across attachments
+    with app.checkout():
+        assert connection.rollback_exc is None  # a new unit of work starts clean
