@@ -78,7 +78,7 @@ def linger_pause(args: argparse.Namespace) -> None:
 
 
 def throughput(server: Server, db: BenchDatabase, args: argparse.Namespace) -> dict[str, Any]:
-    run_wrk(server.url + "/query/", clients=50, seconds=args.warmup)
+    server.warm("/query/", clients=50, seconds=args.warmup)
     before = db.app_connects()
     result = server.load("/query/", clients=50, seconds=args.seconds)
     result["opened"] = db.app_connects() - before
@@ -86,7 +86,7 @@ def throughput(server: Server, db: BenchDatabase, args: argparse.Namespace) -> d
 
 
 def steady(server: Server, db: BenchDatabase, args: argparse.Namespace) -> dict[str, Any]:
-    run_wrk(server.url + "/query/", clients=10, seconds=args.warmup)
+    server.warm("/query/", clients=10, seconds=args.warmup)
     before = db.app_connects()
     result = server.load("/query/", clients=10, seconds=args.seconds)
     result["opened"] = opened = db.app_connects() - before
@@ -160,7 +160,7 @@ def _io(path: str) -> Scenario:
     def scenario(server: Server, db: BenchDatabase, args: argparse.Namespace) -> dict[str, Any]:
         """300 clients on a view that waits 50 ms on something else beside its queries."""
         failed_before, _ = server.failed_requests()
-        run_wrk(server.url + path, clients=300, seconds=args.warmup)  # every stack warm
+        server.warm(path, clients=300, seconds=args.warmup)  # every stack warm, its queue drained
         sampler = PeakSampler(db, every=0.005, ignore_errors=True)  # type: ignore[arg-type]
         # The app user's own count: the sampler's admin connections are not in it.
         before = db.app_connects()

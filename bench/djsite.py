@@ -212,24 +212,32 @@ def _application() -> Any:
     return app
 
 
-_started = [0]  # requests this worker has begun; a list: no global statement, no greenlet switch
+_counts = [0, 0]  # requests this worker has begun, and answered (start_response called)
 
 
 def _counted(app: Any) -> Any:
     """Counts every request and answers ``/cpu/`` itself, outside Django and every pool:
-    ``{"pid", "requests", "cpu", "wall"}``, this worker's own CPU seconds (user + system) and
-    the requests begun, read at one instant, so a harness can take CPU per request over a
-    window of its choosing (the connects at a load's start left out)."""
+    ``{"pid", "requests", "in_flight", "cpu", "wall"}``: the requests begun, those begun and
+    not yet answered (a backlog a harness waits out after a warm-up), and this worker's own
+    CPU seconds (user + system), read at one instant, so a harness can take CPU per request
+    over a window of its choosing (the connects at a load's start left out)."""
     import json
 
     def counted(environ: dict[str, Any], start_response: Any) -> Any:
-        _started[0] += 1
+        _counts[0] += 1
         if environ["PATH_INFO"] != "/cpu/":
-            return app(environ, start_response)
+            def answered(*args: Any) -> Any:
+                _counts[1] += 1
+                return start_response(*args)
+
+            return app(environ, answered)
         times = os.times()
-        body = json.dumps({"pid": os.getpid(), "requests": _started[0], "cpu": times.user + times.system,
-                           "wall": times.elapsed}).encode()
+        body = json.dumps({
+            "pid": os.getpid(), "requests": _counts[0], "in_flight": _counts[0] - _counts[1] - 1,
+            "cpu": times.user + times.system, "wall": times.elapsed,
+        }).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        _counts[1] += 1
         return [body]
 
     return counted

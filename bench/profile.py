@@ -69,7 +69,7 @@ def main() -> None:
     env = {"POOL_MAX_OUTSTANDING": str(args.max_outstanding)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with bench_database(args.backend) as db, serving(args.stack, db, env) as server:
-        run_wrk(server.url + path, clients=args.clients, seconds=3)  # warm: pools full, code paths hot
+        server.warm(path, clients=args.clients, seconds=3)  # pools full, code paths hot, queue drained
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             wrk = pool.submit(run_wrk, server.url + path, clients=args.clients, seconds=args.seconds + 2)
             time.sleep(1)
