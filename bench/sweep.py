@@ -101,13 +101,13 @@ def report(sweep: dict[str, Any], caps: Sequence[int], meta: dict[str, Any]) -> 
     return "\n".join(lines)
 
 
-def chart(sweep: dict[str, Any], backend: str, path: Path) -> None:
+def chart(sweep: dict[str, Any], caps: Sequence[int], backend: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     for stack, curve in sweep["stacks"].items():
         ours = stack.startswith("wsgi_dbpool")
         ax.plot([p["peak"] for p in curve["points"]], [p["rps"] for p in curve["points"]], marker="o",
@@ -116,12 +116,14 @@ def chart(sweep: dict[str, Any], backend: str, path: Path) -> None:
     ax.axhline(no_cap, color="#333", linewidth=1, label=f"no cap ({no_cap:.0f}/s)")
     ax.axhline(SHARE * no_cap, color="#999", linewidth=1, linestyle=":", label=f"{SHARE}× no cap")
     ax.set_xscale("log")
-    ax.set_xticks([2, 5, 10, 20, 40], labels=["2", "5", "10", "20", "40"])
+    ax.minorticks_off()
+    ax.set_xticks(list(caps), labels=[str(c) for c in caps])
     ax.set_xlabel("server connections (peak, sampled from the server)")
     ax.set_ylabel("requests/s")
     ax.set_title(f"/io on {backend}: a query, 50 ms elsewhere, a query; 300 clients", fontsize=10)
-    ax.set_ylim(0, max(no_cap, 1) * 1.15)
-    ax.legend(fontsize=8, loc="lower right")
+    highest = max([no_cap, 1.0, *(p["rps"] for c in sweep["stacks"].values() for p in c["points"])])
+    ax.set_ylim(0, highest * 1.15)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -143,7 +145,7 @@ def run_backend(args: argparse.Namespace, backend: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "sweep": sweep}, indent=2))
     out.with_suffix(".md").write_text(text + "\n")
-    chart(sweep, backend, out.with_suffix(".png"))
+    chart(sweep, args.caps, backend, out.with_suffix(".png"))
 
 
 def main() -> None:
