@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -481,7 +482,22 @@ def unusable(stacks: list[str], scenarios: list[str], backend: str) -> str:
     elsewhere = [s for s in stacks if ONLY_ON.get(s, backend) != backend]
     if elsewhere:
         return f"{elsewhere} run on {[ONLY_ON[s] for s in elsewhere]} only, not on {backend}"
-    return ""
+    return not_installed(stacks)
+
+
+# The peers' packages (module, what pip installs), checked before any server starts.
+PEER_PACKAGES = {
+    "old_patch": ("django_db_pooling", "django-db-pooling==0.0.4"),
+    "sqlalchemy": ("dj_db_conn_pool", "django-db-connection-pool==1.2.6"),
+    "django_pool": ("psycopg_pool", "psycopg-pool"),
+    "geventpool": ("django_db_geventpool", "django-db-geventpool"),
+}
+
+
+def not_installed(stacks: list[str]) -> str:
+    missing = [PEER_PACKAGES[s][1] for s in stacks
+               if s in PEER_PACKAGES and importlib.util.find_spec(PEER_PACKAGES[s][0]) is None]
+    return f"not installed: pip install {' '.join(missing)}" if missing else ""
 
 
 def timings(args: argparse.Namespace) -> None:
