@@ -47,7 +47,8 @@ worker: $(STAMP)
 ## supported pairs and one run with the lowest versions the requirements allow (their venvs
 ## build while the first suite runs; their output is printed at the end)
 CORE := -m 'not slow and not demo and not celery'
-CORE_FILES := tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py tests/test_clean.py
+CORE_FILES := tests/test_internals.py tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py \
+	tests/test_clean.py
 OTHERS := $(shell mktemp -u /tmp/wsgi_dbpool-others.XXXXXX)
 test:
 	@started=$$(date +%s); \

@@ -7,7 +7,8 @@ connections it counts, its process list), and the worker's own CPU time from
 ``/proc/PID/stat`` (utime + stime over the load, divided by the requests completed).
 
 Scenarios: ``io`` and ``io_first`` (300 clients on a view that waits 50 ms on
-something else, beside its queries: what ``hold=`` is for), ``throughput`` (50 clients,
+something else, beside its queries: what ``hold=`` is for; ``io_session``: as ``io``, one
+request in ten setting session state first), ``throughput`` (50 clients,
 one indexed query: on a cap of 20, the hand-off included), ``steady`` (10 clients, below
 the cap: the pool's own cost; server connections opened per 1,000 requests), ``streaming``
 (a response querying while it streams: bodies intact, connections returned), ``storm`` (300
@@ -62,11 +63,11 @@ DEFAULT_STACKS = {
     "postgresql": ["persistent", "django_pool", "geventpool", *OURS, "no_cap"],
 }
 DEFAULT_SCENARIOS = {
-    "mariadb": ["throughput", "steady", "streaming", "storm", "ceiling", "io", "io_first"],
+    "mariadb": ["throughput", "steady", "streaming", "storm", "ceiling", "io", "io_first", "io_session"],
     "postgresql": ["throughput", "steady", "io", "io_first"],
 }
 HOLD_SECONDS = 0.05
-NO_CAP_SCENARIOS = ("io", "io_first")  # the no-cap stack is the limit of these, nothing else
+NO_CAP_SCENARIOS = ("io", "io_first", "io_session")  # the no-cap stack is the limit of these, nothing else
 NO_CAP_CONNECTIONS = 400
 BASELINE = "persistent"  # what CPU per request is compared with
 
@@ -178,8 +179,9 @@ def _io(path: str) -> Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput, "steady": steady, "streaming": streaming,
     "storm": storm, "ceiling": ceiling, "io": _io("/io/"), "io_first": _io("/io_first/"),
+    "io_session": _io("/io_session/"),
 }
-RATED = ("throughput", "steady", "io", "io_first")
+RATED = ("throughput", "steady", "io", "io_first", "io_session")
 
 
 # -- rounds: every run served fresh, the runs interleaved, the median kept -----------------
@@ -396,6 +398,8 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += io_table(results, "io", "io: 300 clients; a query, 50 ms waiting on something else, a query")
     lines += io_table(results, "io_first",
                       "io_first: 300 clients; 50 ms waiting on something else, then a query")
+    lines += io_table(results, "io_session",
+                      "io_session: as io, and one request in ten sets a session variable first")
     lines += table(results, "ceiling: a view touching no database (health check)", "ceiling", [
         ("alone, requests/s", "alone_rps", "{:.0f}"),
         ("during a storm, requests/s", "during_storm_rps", "{:.0f}"),

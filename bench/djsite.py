@@ -20,6 +20,7 @@ Chosen by environment variables, so one gunicorn command line serves each stack:
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -138,6 +139,21 @@ def io(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"{first} {second}")
 
 
+_io_requests = itertools.count()
+SESSION_SQL = {  # a session variable, per backend
+    "mariadb": "SET @bench_marker = %s", "postgresql": "SELECT set_config('bench.marker', %s, false)",
+}[BACKEND]
+
+
+def io_session(request: HttpRequest) -> HttpResponse:
+    """As ``io``; one request in ten first sets a user variable (session state: under
+    ``hold="transaction"`` that request keeps its connection to its end, then it is reset)."""
+    if next(_io_requests) % 10 == 0:
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_SQL, [str(id(request))])
+    return io(request)
+
+
 def io_first(request: HttpRequest) -> HttpResponse:
     """50 ms waiting on something else first, then one query."""
     import gevent
@@ -170,7 +186,7 @@ def stats(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("query/", query), path("hold/", hold), path("stream/", stream), path("nodb/", nodb),
-    path("io/", io), path("io_first/", io_first),
+    path("io/", io), path("io_first/", io_first), path("io_session/", io_session),
     path("stats/", stats), path("write/", write),
 ]
 

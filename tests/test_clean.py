@@ -143,8 +143,12 @@ def test_2_session_reset_on_postgresql_gives_back_a_connection_like_a_fresh_one(
 # -- 3. USE otherdb -------------------------------------------------------------------
 
 
-def test_3_session_reset_brings_back_the_configured_database(make_app, db):
-    app = make_app(size=1, reset="session")
+@pytest.mark.parametrize(
+    "knobs", [{"reset": "session"}, {}], ids=["reset-session", "default-sees-the-USE"]
+)
+def test_3_session_reset_brings_back_the_configured_database(make_app, db, knobs):
+    # By default the execute seam sees the USE: the session is reset on return, only then.
+    app = make_app(size=1, **knobs)
     with serve(app) as address:
         used = _run(app, address, "USE app_other")["id"]
         written = _get(app, address, "/insert/?name=where-am-i")
@@ -155,9 +159,9 @@ def test_3_session_reset_brings_back_the_configured_database(make_app, db):
     assert current["results"] == [["app"]]
 
 
-def test_3_default_mode_keeps_the_current_database_as_documented(make_app, db):
-    # The README's isolation table lists `USE` as kept by reset="transaction".
-    app = make_app(size=1)
+def test_3_session_state_ignore_keeps_the_current_database_as_documented(make_app, db):
+    # docs/isolation.md: with session_state="ignore", `USE` is handed on.
+    app = make_app(size=1, session_state="ignore")
     with serve(app) as address:
         _run(app, address, "USE app_other")
         assert _run(app, address, "SELECT DATABASE()")["results"] == [["app_other"]]

@@ -6,8 +6,8 @@
     application = PoolingMiddleware(get_wsgi_application(), size=4)
 """
 
-from .errors import PoolError, PoolTimeout
+from .errors import PoolError, PoolTimeout, SessionStateError
 from .middleware import PoolingMiddleware
 
-__all__ = ["PoolError", "PoolTimeout", "PoolingMiddleware"]
+__all__ = ["PoolError", "PoolTimeout", "PoolingMiddleware", "SessionStateError"]
 __version__ = "0.1.0"

@@ -4,9 +4,10 @@ Public seams are preferred everywhere (``connections.create_connection``, the
 ``connection_created`` signal, the wrapper's own ``close``/``rollback``/
 ``set_autocommit``/``init_connection_state``); what no public seam offers is read or
 written here, and only here, so that an upgrade is one read of this header.
-Tested with (``make test``): Django 6.1.3 on Python 3.13, 6.0.x on 3.12, 5.2.x and 5.2.0 on
-3.11; asgiref 3.8.1 and 3.13.0; PyMySQL 1.1.3 and 1.2.4; psycopg 3.1.14 and 3.3; Python's
-sqlite3. An entry below names other versions where it was checked against them.
+Checked against (``tests/test_internals.py`` asserts that each detail below exists, in every
+lane of ``make test``): Django 6.1.x on Python 3.13, 6.0.x on 3.12, 5.2.x and 5.2.0 on 3.11;
+asgiref 3.8.1 and 3.13.0; PyMySQL 1.1.3 and 1.2.4; psycopg 3.1.14 and 3.3.x; Python's sqlite3.
+An entry names the versions where they differ.
 
 ========================================  ==============================================
 private detail                            why
@@ -27,8 +28,12 @@ private detail                            why
                                           at connect; read by the verdict, and cleared
                                           when ``max_lifetime`` replaces that rule.
 ``BaseDatabaseWrapper.connect``,          wrapped on each pooled wrapper instance (not
-``execute_wrappers``                      the class) to time connects; the failover
-                                          watch is put first in the (public) list.
+``execute_wrappers``                      the class) to time connects (and to tell the
+                                          session-state watch that Django's own session
+                                          set-up runs: its statements pass through the
+                                          list too); the failover watch is put first in
+                                          the (public) list, the session-state watch
+                                          second.
 ``BaseDatabaseWrapper._set_autocommit``   replays the server's autocommit after a
                                           session reset without Django's bookkeeping.
 PyMySQL ``Connection.server_status``      in memory after every reply: bit 0x1 "in
@@ -38,6 +43,10 @@ PyMySQL ``Connection._result``            an unbuffered result still on the wire
 ``.unbuffered_active``                    (``SSCursor``): the next command would first
                                           drain it, or fail; cleared when we close the
                                           connection, so the cursor does not read on.
+PyMySQL ``Connection.ping(reconnect=)``  the idle check pings with ``reconnect=False``:
+                                          PyMySQL 1.1.x reconnects by default, which
+                                          Django's ``is_usable()`` would let happen
+                                          (checked: 1.1.3, 1.2.4).
 PyMySQL ``Connection._execute_command``,  ``COM_RESET_CONNECTION``, which PyMySQL has no
 ``_read_ok_packet``                       public call for.
 PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed after a
@@ -248,6 +257,23 @@ def pymysql_reset_session(raw: Any) -> None:
     if raw.init_command is not None:
         with raw.cursor() as cursor:
             cursor.execute(raw.init_command)
+
+
+def is_usable(wrapper: Any) -> bool:
+    """Django's ``is_usable()``, without a silent reconnect.
+
+    PyMySQL before 1.2 pings with ``reconnect=True`` by default, so Django's check
+    answers "usable" for a connection the server killed, having opened a new session
+    behind Django's back (no ``connection_created``, no Django set-up, not counted).
+    """
+    raw = wrapper.connection
+    if is_pymysql(raw):
+        try:
+            raw.ping(reconnect=False)
+        except wrapper.Database.Error:
+            return False
+        return True
+    return bool(wrapper.is_usable())
 
 
 def is_pymysql(raw: Any) -> bool:

@@ -18,13 +18,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _concurrency, failover
+from . import _concurrency, failover, session_state
 from ._internals import (
     NOBODY,
     UNUSABLE,
     abandon_unread_result,
     django_create_connection,
     force_close,
+    is_usable,
     set_owner,
 )
 from .front import Front, Work
@@ -41,6 +42,7 @@ from .verdict import (
     REPLACE,
     RESET,
     ROLL_BACK,
+    SESSION_CHANGED,
     judge,
     judge_settled,
 )
@@ -59,7 +61,9 @@ _EXPIRES = "_wsgi_dbpool_expires"  # when (monotonic) it reaches its max_lifetim
 _TAKEN = "_wsgi_dbpool_taken"  # when (monotonic) it was last checked out
 
 # What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
-POLICY_EVENTS = ("opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers")
+POLICY_EVENTS = (
+    "opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers", "pinned",
+)
 
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
@@ -87,6 +91,7 @@ class AliasPool:
             linger=settings.linger,
         )
         self._warned: set[str] = set()
+        self._watch_session: Any = None  # session_state's execute wrapper, per backend
         # When the idle connections were last closed for a failover: a connection opened
         # before then that fails the same way belongs to that failover, not a new one.
         self._failover_at = float("-inf")
@@ -119,17 +124,30 @@ class AliasPool:
         setattr(wrapper, failover.FAILOVER_ATTR, None)
         # Django's public per-connection hook; it stays first, so it sees every error.
         wrapper.execute_wrappers.insert(0, failover.watch)
-        wrapper.connect = self._timed(wrapper.connect)  # this wrapper's own, not the class's
+        setattr(wrapper, session_state.SESSION_ATTR, None)
+        setattr(wrapper, session_state.RAN_ATTR, False)
+        setattr(wrapper, session_state.SETUP_ATTR, False)
+        if self._watch_session is None:
+            self._watch_session = (
+                session_state.watcher(wrapper.vendor, self.settings.session_state) or False
+            )
+        if self._watch_session:
+            wrapper.execute_wrappers.insert(1, self._watch_session)
+        wrapper.connect = self._timed(wrapper)  # this wrapper's own, not the class's
         return wrapper
 
-    def _timed(self, connect: Any) -> Any:
+    def _timed(self, wrapper: Wrapper) -> Any:
         note_connect = self.pool.note_connect
+        connect = wrapper.connect
+        state = wrapper.__dict__
 
         def timed_connect() -> None:
             started = time.monotonic()
+            state[session_state.SETUP_ATTR] = True  # Django's session set-up: not the work's
             try:
                 connect()
             finally:
+                state[session_state.SETUP_ATTR] = False
                 note_connect(time.monotonic() - started)
 
         return timed_connect
@@ -154,6 +172,8 @@ class AliasPool:
             # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
             self.pool.count("closed")
         setattr(wrapper, _OPEN_ATTR, True)
+        # A new session is a clean one (what Django's set-up just sent does not count).
+        setattr(wrapper, session_state.SESSION_ATTR, None)
         now = time.monotonic()
         setattr(wrapper, _OPENED_AT, now)
         lifetime = self.settings.max_lifetime
@@ -181,6 +201,7 @@ class AliasPool:
         set_owner(wrapper, ident)
         wrapper._wsgi_dbpool_holder = ident
         wrapper._wsgi_dbpool_taken = now = time.monotonic()  # _TAKEN, for the hold time
+        wrapper._wsgi_dbpool_ran = False  # session_state.RAN_ATTR
         if wrapper.connection is not None and (
             wrapper._wsgi_dbpool_opened_at < self._failover_at  # _OPENED_AT
             or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
@@ -213,7 +234,7 @@ class AliasPool:
         limit = _concurrency.TimeLimit(self.settings.ping_timeout)
         try:
             with limit:
-                alive = wrapper.is_usable()
+                alive = is_usable(wrapper)
         except BaseException as exc:  # killed mid-ping: the socket may be mid-protocol
             if limit.fired(exc):
                 self._ping_timed_out(wrapper)
@@ -310,6 +331,8 @@ class AliasPool:
         if action is CLOSE:
             self._close(wrapper, reason)
         elif action is RESET:
+            if reason is SESSION_CHANGED:  # set by the work, seen at the execute seam
+                self.pool.count("pinned")
             self._reset_session(wrapper)
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
         return wrapper
@@ -337,7 +360,15 @@ class AliasPool:
         return wrapper
 
     def _reset_session(self, wrapper: Wrapper) -> None:
-        if not reset_session(wrapper):  # no reset on this backend: a fresh connection is
+        setattr(wrapper, session_state.SETUP_ATTR, True)  # the set-up replayed: not the work's
+        try:
+            done = reset_session(wrapper)
+        finally:
+            setattr(wrapper, session_state.SETUP_ATTR, False)
+        if done:
+            # Clean now (Django's session set-up, replayed by the reset, was watched too).
+            setattr(wrapper, session_state.SESSION_ATTR, None)
+        else:  # no reset on this backend: a fresh connection is
             self._warn_once(                 # the clean one
                 "no-reset",
                 "reset='session' on %r: the %s backend has no session reset; every "
@@ -361,6 +392,18 @@ class AliasPool:
         if wrapper.in_atomic_block or wrapper.closed_in_transaction:
             return self.pool.create_replacement()
         return wrapper
+
+    def warn_pinned(self, where: str, label: str) -> None:
+        """Under hold="transaction", once per kind and unit-of-work label."""
+        self._warn_once(
+            f"pinned {label} {where}",
+            "%s: %s leaves state on the session of its connection of %r, so under "
+            "hold='transaction' this unit of work keeps that connection to its end, and the "
+            "session is reset on return. Counted in stats()['pinned']; to share the connection "
+            "again, keep such state inside transaction.atomic() (SET LOCAL, "
+            "pg_advisory_xact_lock) or avoid it; session_state='raise' finds every such statement",
+            where, label, self.alias,
+        )
 
     def _count_discard(self, event: str, reason: str) -> None:
         self.pool.count(event)

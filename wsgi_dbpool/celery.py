@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import PoolTimeout
 from .holds import HoldWatch
 from .middleware import PoolingMiddleware
-from .settings import HoldMode, PoolSettings, ResetMode
+from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
 
 _KNOBS = frozenset(field.name for field in dataclasses.fields(PoolSettings))
 
@@ -231,6 +231,7 @@ def pool_tasks(
     max_lifetime: float | None = None,
     lifetime_jitter: float = 0.1,
     ping_timeout: float | None = 5.0,
+    session_state: SessionStateMode = "pin",
 ) -> TaskPool:
     """Serve every task of the Celery ``app`` with pooled connections, capped per process::
 
@@ -275,7 +276,7 @@ def pool_tasks(
         size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
         linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
         prewarm=prewarm, max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter,
-        ping_timeout=ping_timeout,
+        ping_timeout=ping_timeout, session_state=session_state,
     )
     pool = TaskPool(app, settings, aliases)
     if _django_ready():

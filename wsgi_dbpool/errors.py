@@ -28,3 +28,14 @@ class PoolTimeout(PoolError):
             f"max_outstanding or timeout, or lower the server's concurrency "
             f"(gunicorn --worker-connections)"
         )
+
+
+class SessionStateError(PoolError):
+    """A statement would read session state from another unit of work's connection, or
+    (``session_state="raise"``) would leave state on its session.
+
+    Raised at the statement, before it runs; the message names the statement and the fix
+    (usually: run the statements together inside ``transaction.atomic()``).
+    """
+
+    __module__ = "wsgi_dbpool"

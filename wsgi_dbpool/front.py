@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import _concurrency, _internals
 from .errors import PoolTimeout
 from .failover import FAILOVER_ATTR
+from .session_state import RAN_ATTR, SESSION_ATTR
 
 if TYPE_CHECKING:
     from .alias_pool import AliasPool
@@ -135,6 +136,7 @@ class Front:
         wrapper.closed_in_transaction = False
         wrapper.errors_occurred = False
         wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
+        setattr(wrapper, RAN_ATTR, False)  # nothing of this work on this connection yet
         setattr(wrapper, _CARRIER, carrier)
         if self.holds is not None:
             wrapper._wsgi_dbpool_hold = self.holds.start(
@@ -155,6 +157,14 @@ class Front:
         if failover is not None:  # noted on the front when a statement failed: the
             setattr(carrier, FAILOVER_ATTR, failover)  # verdict reads it on the carrier
             setattr(wrapper, FAILOVER_ATTR, None)
+        session = getattr(wrapper, SESSION_ATTR)
+        if session is not None:  # the session changed: the verdict resets it
+            setattr(carrier, SESSION_ATTR, session)
+            setattr(wrapper, SESSION_ATTR, None)
+            if self.per_transaction:  # the work was pinned to this connection
+                work: Work | None = getattr(wrapper, _WORK)
+                where = work.label if work is not None else "work outside a request"
+                self.alias_pool.warn_pinned(where, session)
         if (
             wrapper.in_atomic_block
             or wrapper.errors_occurred
@@ -168,10 +178,12 @@ class Front:
         self.alias_pool.checkin(carrier, broken)
 
     def detach_if_idle(self, wrapper: Any) -> None:
-        """Detach when no transaction is open and no result is being read (per transaction)."""
+        """Detach when no transaction is open and no result is being read (per transaction),
+        and the work did not change the session (then it keeps the connection: pinned)."""
         raw = wrapper.connection
         if (
             raw is None
+            or wrapper._wsgi_dbpool_session is not None  # SESSION_ATTR
             or wrapper.in_atomic_block
             or not wrapper.autocommit
             or getattr(wrapper, _CARRIER) is None

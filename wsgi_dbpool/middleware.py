@@ -22,7 +22,7 @@ from .holds import HoldWatch
 from .lease import ConnectionSlots, Lease, interrupted
 from .pool import Pool
 from .response import ClosingIterable, hook_file_wrapper
-from .settings import HoldMode, PoolSettings, ResetMode, check_seconds
+from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode, check_seconds
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -87,6 +87,12 @@ class PoolingMiddleware:
     :param ping_timeout: seconds the health check of an idle connection may take
         (under gevent) before the connection is counted stale and dropped; ``None``:
         as long as the driver waits.
+    :param session_state: what to do with a statement that leaves state on its
+        session (``SET``, ``USE``, temporary tables, ``GET_LOCK``; see
+        ``docs/session-state.md``): ``"pin"`` (default) resets the session on return, and
+        under ``hold="transaction"`` the unit of work keeps its connection to its end;
+        ``"raise"`` refuses it with :class:`SessionStateError` (to find them, in CI);
+        ``"ignore"`` sees nothing and resets nothing.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class PoolingMiddleware:
         max_lifetime: float | None = None,
         lifetime_jitter: float = 0.1,
         ping_timeout: float | None = 5.0,
+        session_state: SessionStateMode = "pin",
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -121,6 +128,7 @@ class PoolingMiddleware:
             size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
             linger=linger, hold_warning=hold_warning, reset=reset, hold=hold, prewarm=prewarm,
             max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter, ping_timeout=ping_timeout,
+            session_state=session_state,
         )
         self.app = app
         self.skip = skip
@@ -146,9 +154,9 @@ class PoolingMiddleware:
         )
         logger.info(
             "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s reset=%s "
-            "hold=%s",
+            "hold=%s session_state=%s",
             ", ".join(repr(a) for a in self.aliases), size, max_outstanding, timeout, ping_after,
-            linger, reset, hold,
+            linger, reset, hold, session_state,
         )
 
     # The settings, read-only, as attributes of the middleware too.
@@ -164,6 +172,7 @@ class PoolingMiddleware:
     max_lifetime = property(lambda self: self.settings.max_lifetime)
     lifetime_jitter = property(lambda self: self.settings.lifetime_jitter)
     ping_timeout = property(lambda self: self.settings.ping_timeout)
+    session_state = property(lambda self: self.settings.session_state)
 
     # -- WSGI ---------------------------------------------------------------------
 
@@ -328,7 +337,9 @@ class PoolingMiddleware:
         the driver), ``overflow`` (opened for a pooled alias outside any lease: greenlets
         with no ``checkout()``), ``spawned`` (greenlets spawned by a view that took a
         pooled connection, with ``hold="lazy"``/``"transaction"``), ``failovers``
-        (read-only or failover errors that closed the alias's connections),
+        (read-only or failover errors that closed the alias's connections), ``pinned``
+        (units of work that left state on their session: reset on return, and under
+        ``hold="transaction"`` kept their connection to their end),
         ``hold_seconds`` (total time connections were checked out), ``connects`` and
         ``connect_seconds`` (connect attempts and their total time).
         """

@@ -15,7 +15,7 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 ``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
 ``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total``, ``wsgi_dbpool_broken_total``,
 ``wsgi_dbpool_overflow_total``, ``wsgi_dbpool_spawned_total``,
-``wsgi_dbpool_failovers_total`` (counters); histograms, each named after the
+``wsgi_dbpool_failovers_total``, ``wsgi_dbpool_pinned_total`` (counters); histograms, each named after the
 OpenTelemetry database-client metric it matches: ``wsgi_dbpool_wait_seconds`` (the
 time to get a connection: ``db.client.connection.wait_time``),
 ``wsgi_dbpool_hold_seconds`` (checkout to return: ``db.client.connection.use_time``),
@@ -62,6 +62,8 @@ COUNTERS = {
     "overflow": "Connections opened outside the pool by greenlets with no checkout()",
     "spawned": "Greenlets spawned by a view that took a pooled connection under the cap",
     "failovers": "Read-only or failover errors that closed the alias's connections",
+    "pinned": "Units of work that left state on their session: reset on return, and kept "
+    "their connection to their end under hold='transaction'",
 }
 # name: (help, the Pool method that reads it, the OpenTelemetry metric it matches)
 HISTOGRAMS = {

@@ -17,6 +17,8 @@ ResetMode = Literal["transaction", "session"]
 RESET_MODES: tuple[ResetMode, ...] = ("transaction", "session")
 HoldMode = Literal["request", "lazy", "transaction"]
 HOLD_MODES: tuple[HoldMode, ...] = ("request", "lazy", "transaction")
+SessionStateMode = Literal["pin", "raise", "ignore"]
+SESSION_STATE_MODES: tuple[SessionStateMode, ...] = ("pin", "raise", "ignore")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class PoolSettings:
     max_lifetime: float | None = None
     lifetime_jitter: float = 0.1
     ping_timeout: float | None = 5.0
+    session_state: SessionStateMode = "pin"
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -71,6 +74,13 @@ class PoolSettings:
                 "reset after every statement (four round trips each), and session state "
                 "does not survive between transactions anyway; use reset='transaction', or "
                 "hold='lazy' to keep a session for the whole request"
+            )
+        if self.session_state not in SESSION_STATE_MODES:
+            raise ValueError(
+                f"session_state must be one of {SESSION_STATE_MODES!r}, got "
+                f"{self.session_state!r}: 'pin' (a unit of work that sets session state keeps "
+                f"its connection to its end, and the session is reset on return), 'raise' (refuse "
+                f"such statements: to find them, in CI) or 'ignore' (see nothing, reset nothing)"
             )
         self._check_lifecycle()
 

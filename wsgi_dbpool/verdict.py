@@ -23,7 +23,8 @@ The order, and why:
 5. ``check`` after a database error: Django's own rule, keep it only if it answers.
 6. ``close`` when older than its lifetime (``CONN_MAX_AGE``, or the pool's own
    ``max_lifetime`` drawn with jitter when the connection was opened).
-7. ``reset`` with ``reset="session"``: wipe the server session.
+7. ``reset`` with ``reset="session"``, or when a statement changed the session state
+   (seen at the execute seam: :mod:`wsgi_dbpool.session_state`): wipe the server session.
 8. ``keep``: clean.
 
 After ``roll back`` or ``check``, a wrapper still connected is judged again from step 6
@@ -54,6 +55,7 @@ ERRORS_OCCURRED = "a database error occurred"
 TOO_OLD = "it is older than CONN_MAX_AGE"
 PAST_LIFETIME = "it is past its max_lifetime"
 SESSION = "reset='session'"
+SESSION_CHANGED = "its session state was changed"
 
 
 def judge(wrapper: Any, broken: bool, reset_session: bool) -> tuple[str, str]:
@@ -87,6 +89,8 @@ def judge_settled(wrapper: Any, reset_session: bool) -> tuple[str, str]:
     expires = wrapper._wsgi_dbpool_expires
     if expires is not None and time.monotonic() >= expires:
         return CLOSE, PAST_LIFETIME
+    if wrapper._wsgi_dbpool_session is not None:  # session_state.SESSION_ATTR
+        return RESET, SESSION_CHANGED
     if reset_session:
         return RESET, SESSION
     return KEEP, CLEAN

@@ -1,0 +1,79 @@
+"""Every private detail listed in ``wsgi_dbpool/_internals.py`` exists in the versions installed.
+
+``make test`` runs this file in each of its lanes (Django 6.1, 6.0, 5.2 and the lowest
+versions the requirements allow), so the header's "checked against" is these runs, not a
+memory of them: an upgrade that renames one of them fails here, by name, before it fails
+somewhere deep in a request.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+WRAPPER_STATE = (
+    "_thread_ident", "close_at", "health_check_done", "in_atomic_block", "savepoint_ids",
+    "atomic_blocks", "needs_rollback", "closed_in_transaction", "errors_occurred", "autocommit",
+    "commit_on_exit", "run_on_commit", "savepoint_state", "run_commit_hooks_on_set_autocommit_on",
+    "execute_wrappers", "queries_log",
+)
+
+
+@pytest.fixture
+def connected(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A wrapper of ``request.param``'s alias from Django's own factory, connected."""
+    from django.db import connections
+
+    request.getfixturevalue("db" if request.param == "default" else "pg_db")
+    wrapper = connections.create_connection(request.param)
+    wrapper.ensure_connection()
+    try:
+        yield wrapper
+    finally:
+        wrapper.close()
+
+
+@pytest.mark.parametrize("connected", ["default", "pg"], indirect=True, ids=["mariadb", "postgresql"])
+def test_django_wrapper_state_we_read_and_write(connected):
+    missing = [name for name in WRAPPER_STATE if not hasattr(connected, name)]
+    assert not missing, f"Django's DatabaseWrapper no longer has {missing}"
+    assert callable(connected._set_autocommit)
+    with connected.cursor() as cursor:
+        assert hasattr(cursor, "cursor")  # utils.CursorWrapper's driver cursor
+
+
+def test_connection_storage_is_recognised(django_site):
+    """The asgiref thread-local behind ``connections``, in whichever shape asgiref has it
+    (3.13: ``_ThreadCriticalLocal``; 3.8.1-3.12: ``Local``); ``--preload``'s repair needs it."""
+    from django.db import connections
+
+    from wsgi_dbpool import _internals
+
+    assert hasattr(connections, "_connections")
+    assert _internals.thread_local_storage(connections._connections) is not None
+    assert callable(type(connections).create_connection)
+
+
+@pytest.mark.parametrize("connected", ["default"], indirect=True, ids=["mariadb"])
+def test_pymysql_state_we_read(connected):
+    raw = connected.connection
+    assert isinstance(raw.server_status, int) and raw.open
+    assert hasattr(raw, "_result")
+    for name in ("_execute_command", "_read_ok_packet", "_force_close", "select_db",
+                 "set_character_set", "thread_id"):
+        assert callable(getattr(raw, name)), name
+    for name in ("db", "charset", "collation", "sql_mode", "init_command"):
+        assert hasattr(raw, name), name
+    assert "reconnect" in inspect.signature(raw.ping).parameters
+    assert raw.server_status & 2  # SERVER_STATUS_AUTOCOMMIT, as Django sets it
+
+
+@pytest.mark.parametrize("connected", ["pg"], indirect=True, ids=["postgresql"])
+def test_psycopg_state_we_read(connected):
+    raw = connected.connection
+    assert raw.closed is False and raw.broken is False and raw.autocommit is True
+    assert int(raw.info.transaction_status) == 0  # IDLE
+    assert isinstance(raw.info.backend_pid, int)
