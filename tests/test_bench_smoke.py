@@ -51,6 +51,7 @@ def bench(*args, timeout=540):
     )
 
 
+@pytest.mark.bench
 def test_compare_postgresql_smoke(tmp_path):
     pytest.importorskip("psycopg_pool")  # Django's own pool
     out = tmp_path / "bench"
@@ -66,6 +67,7 @@ def test_compare_postgresql_smoke(tmp_path):
     assert "| Django's own pool" in done.stdout
 
 
+@pytest.mark.bench
 def test_sweep_smoke(tmp_path):
     """At a cap of 2, a request-held pool still owes the warm-up's queue of 300 (7.5 s) when
     the measured window opens: the sweep waits it out, or that cap measures nothing."""
@@ -81,6 +83,7 @@ def test_sweep_smoke(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
+@pytest.mark.bench
 def test_profile_smoke(tmp_path):
     if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("py-spy is not installed")
