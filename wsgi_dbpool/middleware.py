@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 # cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
 from webob.exc import HTTPServiceUnavailable
 
-from . import _concurrency, alias_pool
+from . import _concurrency, alias_pool, quiet
 from . import front as front_module
 from .alias_pool import AliasPool
 from .errors import PoolTimeout
@@ -132,7 +132,9 @@ class PoolingMiddleware:
         self._storage: Any = None
         self._storage_generation = -1
         self._prewarmed_generation = -1
+        self._unavailable_log = quiet.UnavailableLog()
         if hold != "request":
+            quiet.drop_answered_503s()
             _check_hold(hold, self.aliases)
             for pool in self._pools:
                 assert pool.front is not None
@@ -206,10 +208,11 @@ class PoolingMiddleware:
     ) -> Iterable[bytes]:
         """``hold="lazy"``/``"transaction"``: bind front wrappers; they take connections
         when the work first needs them. A wait at the cap that times out inside the app
-        becomes a 503 if the response has not started (Django would have made it a 500)."""
+        becomes a 503 if the response has not started (Django would have made it a 500,
+        and logged it: ``quiet.DropAnswered503`` drops that record)."""
         if self._storage_generation != _concurrency._fork_generation:
             self._connection_storage()
-        work = Work(self.settings.timeout, environ)
+        work = environ[quiet.WORK_KEY] = Work(self.settings.timeout, environ)
         lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled, work)
         unavailable: list[Iterable[bytes]] = []
 
@@ -265,11 +268,7 @@ class PoolingMiddleware:
     def _unavailable(
         self, exc: PoolTimeout, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        logger.warning(
-            "503 for %s %s: no connection for %r within %.3fs (max_outstanding=%s)",
-            environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-            exc.alias, exc.waited, exc.max_outstanding,
-        )
+        self._unavailable_log.note(exc, environ)
         response = HTTPServiceUnavailable(
             detail="The database connection pool is exhausted; please retry shortly.",
             headers={"Retry-After": "1"},
