@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -466,19 +465,6 @@ def connection_label(wrapper: Wrapper) -> str:
     if pid is not None:
         return str(pid)
     return hex(id(raw))
-
-
-def warn_if_conn_max_age_zero(alias: str, settings: dict[str, Any]) -> None:
-    """A pooled alias with ``CONN_MAX_AGE = 0`` reconnects on every request anyway."""
-    if settings.get("CONN_MAX_AGE", 0) == 0:
-        message = (
-            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is 0: Django closes the connection "
-            f"at the end of every request, so the pool cannot reuse it. Set "
-            f"CONN_MAX_AGE to a number of seconds below the server's wait_timeout "
-            f"(e.g. 60), or None for no limit."
-        )
-        logger.warning("%s", message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def on_connection_created(sender: object, connection: Any, **kwargs: object) -> None:
