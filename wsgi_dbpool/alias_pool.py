@@ -24,6 +24,7 @@ from ._internals import (
     abandon_unread_result,
     django_create_connection,
     force_close,
+    missing_auth_package,
     set_owner,
 )
 from .front import Front, Work
@@ -128,10 +129,27 @@ class AliasPool:
             started = time.monotonic()
             try:
                 connect()
+            except RuntimeError as exc:
+                self._name_missing_auth_package(exc)
+                raise
             finally:
                 note_connect(time.monotonic() - started)
 
         return timed_connect
+
+    def _name_missing_auth_package(self, exc: RuntimeError) -> None:
+        """A connect the driver could not authenticate for want of a package: say which,
+        once per alias (it fails the same way at every connect until it is installed)."""
+        missing = missing_auth_package(exc)
+        if missing is None or "auth package" in self._warned:
+            return
+        self._warned.add("auth package")
+        extra, needed_by = missing
+        logger.warning(
+            "cannot connect %r: the server asked for %s, and the driver lacks the package it "
+            "needs (%s). Install it: pip install '%s' (see docs/mysql-connect.md)",
+            self.alias, needed_by, exc, extra,
+        )
 
     def _dispose(self, wrapper: Wrapper) -> None:
         set_owner(wrapper, _concurrency.get_ident())
