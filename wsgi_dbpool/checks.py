@@ -61,6 +61,8 @@ def problems(aliases: Iterable[str], hold: str) -> list[CheckMessage]:
 
     found: list[CheckMessage] = []
     for alias in aliases:
+        if alias not in settings.DATABASES:  # a live middleware's alias since removed
+            continue
         database: dict[str, Any] = settings.DATABASES[alias]
         where = f"DATABASES[{alias!r}]"
         if (database.get("OPTIONS") or {}).get("pool"):
