@@ -33,6 +33,8 @@ setup(
         "mysql": ["PyMySQL>=1.1.3"],
         "postgresql": ["psycopg>=3.1.14"],
         "prometheus": ["prometheus_client>=0.17"],
+        # 1.23: the first API with explicit_bucket_boundaries_advisory (the pool's buckets)
+        "otel": ["opentelemetry-api>=1.23"],
         "celery": ["celery>=5.4"],
     },
     classifiers=[

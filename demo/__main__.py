@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,10 +66,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, ask_stop)
     signal.signal(signal.SIGINT, ask_stop)
 
-    with database(args.db) as (db_env, description), \
-            tempfile.TemporaryDirectory(prefix="wsgi_dbpool-demo-") as pool_dir:
-        # DEMO_POOL_DIR: each worker's pool numbers, for /pool/ (demo/workers.py).
-        env = child_env(**db_env, DJANGO_SETTINGS_MODULE="demo.settings", DEMO_POOL_DIR=pool_dir)
+    from demo import workers
+
+    with database(args.db) as (db_env, description):
+        # DEMO_POOL_DIR: each worker's pool numbers, for /pool/ (demo/workers.py); shared
+        # with python -m demo.worker, so a Celery worker shows on the page too.
+        env = child_env(**db_env, DJANGO_SETTINGS_MODULE="demo.settings", DEMO_POOL_DIR=workers.shared_dir())
         run_django(env, "migrate", "--no-input", "-v", "0")
         subprocess.run([sys.executable, "-m", "demo.seed"], cwd=ROOT, env=env, check=True)
         gunicorn = Gunicorn(

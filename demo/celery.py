@@ -11,8 +11,9 @@ import csv
 import os
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, signals
 
+from demo import workers
 from wsgi_dbpool.celery import pool_tasks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
@@ -32,6 +33,17 @@ pool = pool_tasks(
 )
 
 EXPORTS = Path(__file__).resolve().parent / "var" / "exports"
+
+
+@signals.worker_ready.connect
+def _publish(sender: object = None, **kwargs: object) -> None:
+    """Show this worker's pool on the demo's live page, beside the gunicorn workers."""
+    workers.publish(pool, kind="celery")
+
+
+@signals.worker_shutdown.connect
+def _unpublish(sender: object = None, **kwargs: object) -> None:
+    workers.remove()
 
 
 @app.task(bind=True)

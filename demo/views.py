@@ -108,10 +108,13 @@ def _pool_state(request: HttpRequest) -> dict:
         state["aliases"] = middleware.stats()
         # Every worker's numbers, from the files they publish, and their sum: what
         # the whole server holds.
+        # (the gunicorn workers, and a Celery worker running pool_tasks: make worker).
         others = workers.read_all() or {}
-        others[os.getpid()] = state["aliases"]  # this worker's own: live, not 0.5 s old
-        state["workers"] = {str(pid): aliases for pid, aliases in sorted(others.items())}
-        state["total"] = workers.summed(others)
+        others[os.getpid()] = {"kind": "gunicorn", "aliases": state["aliases"]}  # live, not 0.5 s old
+        every = dict(sorted(others.items()))
+        state["workers"] = {str(pid): worker["aliases"] for pid, worker in every.items()}
+        state["kinds"] = {str(pid): worker["kind"] for pid, worker in every.items()}
+        state["total"] = workers.summed({pid: worker["aliases"] for pid, worker in every.items()})
         state["settings"] = {
             "size": middleware.size,
             "max_outstanding": middleware.max_outstanding,

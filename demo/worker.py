@@ -31,9 +31,12 @@ def main() -> None:
 
     ensure_installed()
     with RedisServer() as redis_server, database(args.db) as (db_env, description):
+        from demo import workers
+
         env = {
             **os.environ, **db_env, "DJANGO_SETTINGS_MODULE": "demo.settings",
             "CELERY_BROKER_URL": redis_server.url,
+            "DEMO_POOL_DIR": workers.shared_dir(),  # its pool on make demo's live page
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         run_django(env, "migrate", "--no-input", "-v", "0")

@@ -1,10 +1,13 @@
-"""Every gunicorn worker's pool numbers, for the live pool page: one small file per worker.
+"""Every worker's pool numbers, for the live pool page: one small file per worker.
 
 A request reaches one worker, whose ``stats()`` is that worker's alone. So each worker
 writes its numbers to ``$DEMO_POOL_DIR/<pid>.json`` twice a second (``publish``, from
-gunicorn's ``post_worker_init``), and the page reads every fresh file (``read_all``):
-per worker, and summed. A worker that stops removes its file; one that died is
-dropped once its file is a few seconds old.
+gunicorn's ``post_worker_init``, and from the Celery worker's ``worker_ready`` in
+``demo/celery.py``, labelled by its kind), and the page reads every fresh file
+(``read_all``): per worker, and summed. A worker that stops removes its file; one that
+died is dropped once its file is a few seconds old. ``python -m demo`` and
+``python -m demo.worker`` share :data:`DEFAULT_DIR` unless ``DEMO_POOL_DIR`` is set, so
+``make demo`` and ``make worker`` show on one page.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 DIR_ENV = "DEMO_POOL_DIR"
+DEFAULT_DIR = Path(__file__).resolve().parent / "var" / "pool"
 EVERY = 0.5
 STALE_AFTER = 3.0
 
@@ -27,15 +31,23 @@ def _folder() -> Path | None:
     return Path(folder) if folder else None
 
 
-def publish(application: Any, every: float = EVERY) -> None:
-    """In a worker: write its pool's numbers every ``every`` seconds, in the background."""
+def shared_dir() -> str:
+    """``DEMO_POOL_DIR``, or :data:`DEFAULT_DIR` (made if missing): for the launchers."""
+    folder = os.environ.get(DIR_ENV) or str(DEFAULT_DIR)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def publish(application: Any, every: float = EVERY, kind: str = "gunicorn") -> None:
+    """In a worker: write its pool's numbers every ``every`` seconds, in the background.
+    ``kind`` names the worker on the page: ``gunicorn``, or ``celery``."""
     folder = _folder()
     if folder is None or not hasattr(application, "stats"):
         return
     target = folder / f"{os.getpid()}.json"
 
     def write() -> None:
-        body = {"pid": os.getpid(), "time": time.time(), "aliases": application.stats()}
+        body = {"pid": os.getpid(), "kind": kind, "time": time.time(), "aliases": application.stats()}
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(body))
         os.replace(temporary, target)  # readers never see half a file
@@ -55,7 +67,8 @@ def remove() -> None:
 
 
 def read_all() -> dict[int, dict[str, Any]] | None:
-    """Every live worker's ``{alias: stats}``, by pid; None when nothing is published."""
+    """Every live worker's ``{"kind": ..., "aliases": {alias: stats}}``, by pid; None when
+    nothing is published."""
     folder = _folder()
     if folder is None:
         return None
@@ -65,12 +78,15 @@ def read_all() -> dict[int, dict[str, Any]] | None:
         with contextlib.suppress(OSError, ValueError):
             body = json.loads(path.read_text())
             if now - body["time"] <= STALE_AFTER:
-                workers[int(body["pid"])] = body["aliases"]
+                workers[int(body["pid"])] = {
+                    "kind": body.get("kind", "gunicorn"), "aliases": body["aliases"],
+                }
     return workers or None
 
 
 def summed(workers: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The workers' numbers added up, per alias (settings like ``size`` too: the totals)."""
+    """The workers' numbers (``{alias: stats}`` by pid) added up, per alias (settings like
+    ``size`` too: the totals)."""
     total: dict[str, dict[str, float]] = {}
     for aliases in workers.values():
         for alias, numbers in aliases.items():

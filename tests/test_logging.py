@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import gevent
+import pytest
 
 from tests.helpers import get, serve, wait_until
 
@@ -39,3 +40,35 @@ def test_long_hold_is_warned_once_while_the_request_runs(make_app, db, caplog):
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "GET /sleep/1500/" in warnings[0].getMessage() and "'default'" in warnings[0].getMessage()
     assert all(r.status == 200 for r in quick)
+
+
+# -- quiet at the cap ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", ["lazy", "transaction"])
+def test_503s_at_the_cap_log_one_line_and_no_django_500(make_app, db, hold, caplog, monkeypatch):
+    from wsgi_dbpool import quiet
+
+    monkeypatch.setattr(quiet, "EVERY", 1.0)
+    app = make_app(size=1, max_outstanding=1, timeout=0.2, hold=hold)
+    with serve(app) as address, caplog.at_level(logging.WARNING):
+        holder = gevent.spawn(get, address, "/sleep/2500/")
+        wait_until(lambda: app.stats()["default"]["in_use"] == 1, what="the only slot taken")
+        burst = [gevent.spawn(get, address, "/id/") for _ in range(5)]
+        gevent.joinall(burst, timeout=10, raise_error=True)
+        gevent.sleep(1.1)  # past EVERY: the next 503 is logged, with the ones left out
+        late = get(address, "/id/")
+        holder.join(timeout=10)
+        failed = get(address, "/boom/")  # a real 500: still Django's to log
+    assert [job.value.status for job in burst] == [503] * 5 and late.status == 503
+    assert all(job.value.headers["retry-after"] == "1" for job in burst)
+    assert holder.value.status == 200 and failed.status == 500
+    assert app.stats()["default"]["timeouts"] == 6
+    ours = [r.getMessage() for r in caplog.records if r.name == "wsgi_dbpool" and "503 for" in r.getMessage()]
+    assert len(ours) == 2, ours
+    assert ours[0].startswith("503 for GET /id/: no connection for 'default'")
+    assert "4 more 503(s) for 'default' not logged" in ours[1]
+    # Django's own records: the real 500 only, with its traceback; none for the 503s.
+    django = [r for r in caplog.records if r.name == "django.request"]
+    assert [r.getMessage() for r in django] == ["Internal Server Error: /boom/"]
+    assert django[0].exc_info is not None and isinstance(django[0].exc_info[1], ValueError)

@@ -106,6 +106,10 @@ gevent ``Greenlet.spawning_greenlet``     under ``hold="lazy"``, whether a green
                                           with ``hold != "request"`` exists: a gevent
                                           greenlet's first use of a pooled alias gets a
                                           front wrapper, under the cap.
+PyMySQL's ``RuntimeError`` texts          a connect whose authentication needs a package
+``'cryptography' package is required``,   that is not installed (``pymysql/_auth.py``,
+``'pynacl' package is required``          PyMySQL 1.1 and 1.2.4): named once in a
+                                          WARNING with the extra to install.
 ========================================  ==============================================
 
 Public driver state read here too: PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
@@ -471,3 +475,23 @@ def install_create_connection(hook: Callable[[str], Any]) -> None:
     from django.db import connections
 
     connections.create_connection = hook
+
+
+# What PyMySQL says when an authentication method needs a package it cannot import, and
+# the extra that brings it: caching_sha2_password's full authentication without TLS (MySQL
+# after a restart) needs RSA; MariaDB's ed25519 needs NaCl.
+_AUTH_PACKAGES = (
+    ("'cryptography' package is required", "PyMySQL[rsa]",
+     "caching_sha2_password's full authentication without TLS (sha256_password too)"),
+    ("'pynacl' package is required", "PyMySQL[ed25519]", "MariaDB's ed25519 authentication"),
+)
+
+
+def missing_auth_package(exc: BaseException) -> tuple[str, str] | None:
+    """(the extra to install, what needs it) when ``exc`` is PyMySQL missing one, else None."""
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        for needle, extra, needed_by in _AUTH_PACKAGES:
+            if needle in text:
+                return extra, needed_by
+    return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ from ._internals import (
     django_create_connection,
     force_close,
     is_usable,
+    missing_auth_package,
     set_owner,
 )
 from .front import Front, Work
@@ -146,11 +146,28 @@ class AliasPool:
             state[session_state.SETUP_ATTR] = True  # Django's session set-up: not the work's
             try:
                 connect()
+            except RuntimeError as exc:
+                self._name_missing_auth_package(exc)
+                raise
             finally:
                 state[session_state.SETUP_ATTR] = False
                 note_connect(time.monotonic() - started)
 
         return timed_connect
+
+    def _name_missing_auth_package(self, exc: RuntimeError) -> None:
+        """A connect the driver could not authenticate for want of a package: say which,
+        once per alias (it fails the same way at every connect until it is installed)."""
+        missing = missing_auth_package(exc)
+        if missing is None or "auth package" in self._warned:
+            return
+        self._warned.add("auth package")
+        extra, needed_by = missing
+        logger.warning(
+            "cannot connect %r: the server asked for %s, and the driver lacks the package it "
+            "needs (%s). Install it: pip install '%s' (see docs/mysql-connect.md)",
+            self.alias, needed_by, exc, extra,
+        )
 
     def _dispose(self, wrapper: Wrapper) -> None:
         set_owner(wrapper, _concurrency.get_ident())
@@ -510,19 +527,6 @@ def connection_label(wrapper: Wrapper) -> str:
     if pid is not None:
         return str(pid)
     return hex(id(raw))
-
-
-def warn_if_conn_max_age_zero(alias: str, settings: dict[str, Any]) -> None:
-    """A pooled alias with ``CONN_MAX_AGE = 0`` reconnects on every request anyway."""
-    if settings.get("CONN_MAX_AGE", 0) == 0:
-        message = (
-            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is 0: Django closes the connection "
-            f"at the end of every request, so the pool cannot reuse it. Set "
-            f"CONN_MAX_AGE to a number of seconds below the server's wait_timeout "
-            f"(e.g. 60), or None for no limit."
-        )
-        logger.warning("%s", message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def on_connection_created(sender: object, connection: Any, **kwargs: object) -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import PoolTimeout
 from .holds import HoldWatch
 from .middleware import PoolingMiddleware
+from .pool import Pool
 from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
 
 _KNOBS = frozenset(field.name for field in dataclasses.fields(PoolSettings))
@@ -108,6 +109,10 @@ class TaskPool:
     def stats(self) -> dict[str, dict[str, int | float | None]]:
         """This process's pool, per alias: the keys of :meth:`PoolingMiddleware.stats`."""
         return self._pool().stats()
+
+    def pools(self) -> dict[str, Pool[Any]]:
+        """The pool mechanism behind each alias (for exporters: Prometheus, OpenTelemetry)."""
+        return self._pool().pools()
 
     def close(self) -> None:
         """Close every idle pooled connection of this process; later tasks still work."""

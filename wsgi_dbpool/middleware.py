@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 # cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
 from webob.exc import HTTPServiceUnavailable
 
-from . import _concurrency, alias_pool
+from . import _concurrency, alias_pool, checks, quiet
 from . import front as front_module
 from .alias_pool import AliasPool
 from .errors import PoolTimeout
@@ -133,6 +133,8 @@ class PoolingMiddleware:
         self.app = app
         self.skip = skip
         self.aliases, unpooled = _resolve_aliases(aliases)
+        # The rules manage.py check reports too (wsgi_dbpool/checks.py): errors raise here.
+        checks.refuse_or_warn(self, self.aliases, hold)
         self._holds = HoldWatch(hold_warning, self.aliases) if hold_warning else None
         self._unpooled = tuple(unpooled)
         self._every_alias = (*self.aliases, *self._unpooled)
@@ -140,8 +142,9 @@ class PoolingMiddleware:
         self._storage: Any = None
         self._storage_generation = -1
         self._prewarmed_generation = -1
+        self._unavailable_log = quiet.UnavailableLog()
         if hold != "request":
-            _check_hold(hold, self.aliases)
+            quiet.drop_answered_503s()
             for pool in self._pools:
                 assert pool.front is not None
                 pool.front.holds = self._holds  # holds are attachments, not requests
@@ -215,10 +218,11 @@ class PoolingMiddleware:
     ) -> Iterable[bytes]:
         """``hold="lazy"``/``"transaction"``: bind front wrappers; they take connections
         when the work first needs them. A wait at the cap that times out inside the app
-        becomes a 503 if the response has not started (Django would have made it a 500)."""
+        becomes a 503 if the response has not started (Django would have made it a 500,
+        and logged it: ``quiet.DropAnswered503`` drops that record)."""
         if self._storage_generation != _concurrency._fork_generation:
             self._connection_storage()
-        work = Work(self.settings.timeout, environ)
+        work = environ[quiet.WORK_KEY] = Work(self.settings.timeout, environ)
         lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled, work)
         unavailable: list[Iterable[bytes]] = []
 
@@ -274,11 +278,7 @@ class PoolingMiddleware:
     def _unavailable(
         self, exc: PoolTimeout, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        logger.warning(
-            "503 for %s %s: no connection for %r within %.3fs (max_outstanding=%s)",
-            environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-            exc.alias, exc.waited, exc.max_outstanding,
-        )
+        self._unavailable_log.note(exc, environ)
         response = HTTPServiceUnavailable(
             detail="The database connection pool is exhausted; please retry shortly.",
             headers={"Retry-After": "1"},
@@ -376,32 +376,6 @@ def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callab
     return release
 
 
-def _check_hold(hold: str, aliases: Iterable[str]) -> None:
-    """Refuse what cannot work when a connection changes hands between transactions."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    if hold != "transaction":
-        return
-    for alias in aliases:
-        database = settings.DATABASES[alias]
-        if not database.get("AUTOCOMMIT", True):
-            logger.warning(
-                "hold='transaction' on %r, whose AUTOCOMMIT is False: every statement opens a "
-                "transaction Django leaves to you, so a connection is held until you commit or "
-                "roll back and the request ends, as with hold='lazy'", alias,
-            )
-        if "postgresql" in database.get("ENGINE", "") and not database.get(
-            "DISABLE_SERVER_SIDE_CURSORS"
-        ):
-            raise ImproperlyConfigured(
-                f"hold='transaction' needs DATABASES[{alias!r}]['DISABLE_SERVER_SIDE_CURSORS'] "
-                f"= True: a server-side cursor (QuerySet.iterator()) lives on in the session "
-                f"after its statement, and the next fetch could run on another connection. "
-                f"Set it (as behind PgBouncer in transaction mode), or use hold='lazy'"
-            )
-
-
 def _check_engine(alias: str, settings: dict[str, Any]) -> None:
     """Load the alias's backend now (no connection), so a typo fails at start-up."""
     from django.core.exceptions import ImproperlyConfigured
@@ -416,23 +390,6 @@ def _check_engine(alias: str, settings: dict[str, Any]) -> None:
         load_backend(engine)
     except ImproperlyConfigured as exc:
         raise ImproperlyConfigured(f"DATABASES[{alias!r}]: {exc}") from None
-
-
-def _check_no_django_pool(alias: str, settings: dict[str, Any]) -> None:
-    """Refuse Django's own pool (``OPTIONS["pool"]``, PostgreSQL, Django >= 5.1) under ours.
-
-    Stacked, every pooled wrapper would hold a psycopg_pool of its own: connections
-    multiply instead of being capped, and each return goes through two pools.
-    """
-    from django.core.exceptions import ImproperlyConfigured
-
-    if (settings.get("OPTIONS") or {}).get("pool"):
-        raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}]['OPTIONS']['pool'] turns on Django's own connection pool, "
-            f"and this alias is pooled by wsgi_dbpool too: the two pools would stack. Remove "
-            f"'pool' from OPTIONS (wsgi_dbpool's size and max_outstanding replace it), or "
-            f"leave {alias!r} out of PoolingMiddleware(aliases=...)"
-        )
 
 
 def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], list[str]]:
@@ -461,6 +418,4 @@ def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], li
     pooled = tuple(sorted(set(chosen)))
     for alias in pooled:
         _check_engine(alias, databases[alias])
-        _check_no_django_pool(alias, databases[alias])
-        alias_pool.warn_if_conn_max_age_zero(alias, databases[alias])
     return pooled, [a for a in databases if a not in pooled]

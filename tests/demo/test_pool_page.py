@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import gevent
 import pytest
 
 from tests.helpers import get, wait_until
+from tests.servers import ROOT, child_env
 
 pytestmark = pytest.mark.demo
 
@@ -108,4 +111,71 @@ def test_pool_page_renders_and_refreshes(start_demo, browser, tmp_path):
                what="the page to show them back idle")
     assert int(field("opened")) == 3
     assert sum(w["opened"] for w in workers().values()) == 3
+    assert demo.stop() == 0
+
+
+def rows(browser) -> list[dict]:
+    """The per-worker table as the page shows it: pid, kind, and every numeric field."""
+    return list(browser.execute_script(
+        "return [...document.querySelectorAll('#workers tr')].map(r => Object.assign("
+        " {pid: Number(r.dataset.worker), kind: r.dataset.kind},"
+        " Object.fromEntries([...r.querySelectorAll('[data-field]')]"
+        ".map(e => [e.dataset.field, Number(e.textContent)]))));"
+    ))
+
+
+@pytest.mark.celery
+def test_the_celery_worker_shows_beside_the_gunicorn_workers(start_demo, browser, tmp_path):
+    """make demo, then make worker (kept running): one page shows the two gunicorn workers
+    and the Celery worker's pool, and sums all three."""
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    demo = start_demo(WORKERS="2", DEMO_POOL_DIR=str(pool_dir))
+    env = child_env(DEMO_SQLITE_PATH=str(tmp_path / "demo.sqlite3"), DEMO_POOL_DIR=str(pool_dir))
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "demo.worker", "--keep", "--exports", "40"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+    try:
+        wait_until(lambda: "worker running" in log.read_text() or worker.poll() is not None,
+                   timeout=120, what="the Celery worker's exports done")
+        assert worker.poll() is None, log.read_text()
+        browser.get(f"http://{demo.address}/pool/")
+        wait_until(lambda: {r["kind"] for r in rows(browser)} == {"gunicorn", "celery"}
+                   and len(rows(browser)) == 3, timeout=20, what="two gunicorn workers and Celery's")
+
+        def celery_row() -> dict:
+            [row] = [r for r in rows(browser) if r["kind"] == "celery"]
+            return row
+
+        # 40 exports and 2 pool_stats tasks, each a checkout (published twice a second).
+        wait_until(lambda: celery_row()["checkouts"] == 42, timeout=10, what="every task counted")
+        celery = celery_row()
+        # The process the page names is the Celery worker, as the system knows it.
+        command = Path(f"/proc/{celery['pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"celery" in command and b"demo.celery" in command
+        assert celery["opened"] >= 1 and celery["in_use"] == 0
+        heading = browser.execute_script("return document.getElementById('worker-count').textContent")
+        assert heading.startswith("(2 gunicorn, 1 Celery;")
+        # The totals add the Celery worker's pool to the gunicorn workers'.
+        total, per_row = browser.execute_script(
+            "const t = document.querySelector('[data-alias=\"default\"] [data-field=\"opened\"]');"
+            "const r = [...document.querySelectorAll('#workers [data-field=\"opened\"]')];"
+            "return [Number(t.textContent), r.reduce((a, e) => a + Number(e.textContent), 0)];"
+        )
+        assert total == per_row >= celery["opened"]
+        browser.set_window_size(1100, 1180)
+        gevent.sleep(1.2)
+        shot = (DOCS / "pool-page-celery.png" if os.environ.get("WSGI_DBPOOL_WRITE_DOCS")
+                else tmp_path / "pool-page-celery.png")
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGINT)  # as Ctrl-C: the worker's warm shutdown
+            worker.wait(timeout=60)
+    # Its file is gone with it: the page drops it at once.
+    assert not [p for p in pool_dir.glob("*.json") if str(celery["pid"]) in p.name]
     assert demo.stop() == 0
