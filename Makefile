@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PINS := $(if $(LOWEST),-c requirements-lowest.txt,"Django~=$(DJANGO).0")
 
-.PHONY: demo storm worker test test-others test-one lint bench bench-overhead clean
+.PHONY: demo storm worker test test-others test-one lint bench bench-smoke bench-overhead clean
 
 $(STAMP): setup.py requirements-dev.txt requirements-lowest.txt
 	@[ -n "$(PYTHON)" ] || { echo "Python $(PY) was not found: neither python$(PY) on PATH nor" \
@@ -43,25 +43,33 @@ storm: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/python -m demo.worker
 
-## test: lint and the whole suite on the newest pair; beside it, a core selection on the other
-## supported pairs and one run with the lowest versions the requirements allow (their venvs
-## build while the first suite runs; their output is printed at the end)
+## test: lint and the whole suite on the newest pair; beside it, Django's own test suite through
+## the pool (newest pair), and a core selection on the other supported pairs plus one run with the
+## lowest versions the requirements allow (their venvs build meanwhile). Output of the runs beside
+## is printed at the end, with the total time.
 CORE := -m 'not slow and not demo and not celery'
 CORE_FILES := tests/test_internals.py tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py \
 	tests/test_clean.py
+MAIN_ARGS := -m 'not bench' --ignore=tests/test_django_suite.py
 OTHERS := $(shell mktemp -u /tmp/wsgi_dbpool-others.XXXXXX)
 test:
 	@started=$$(date +%s); \
 	$(MAKE) --no-print-directory $(STAMP) || exit 1; \
-	( $(MAKE) --no-print-directory test-others OTHERS_WAIT=$(OTHERS).apt > $(OTHERS).log 2>&1; echo $$? > $(OTHERS).rc ) & \
-	$(BIN)/python -c "from tests.servers import ensure_all_installed; ensure_all_installed()" && \
-	touch $(OTHERS).apt && \
-	$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory test-one; main=$$?; \
-	touch $(OTHERS).apt; wait; \
+	( $(MAKE) --no-print-directory test-others OTHERS_WAIT=$(OTHERS).apt > $(OTHERS).log 2>&1; \
+	  echo $$? > $(OTHERS).rc ) & \
+	$(BIN)/python -c "from tests.servers import ensure_all_installed; ensure_all_installed()"; \
+	touch $(OTHERS).apt; \
+	( $(MAKE) --no-print-directory test-one PYTEST_ARGS=tests/test_django_suite.py > $(OTHERS).suite.log 2>&1; \
+	  echo $$? > $(OTHERS).suite.rc ) & \
+	$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory test-one PYTEST_ARGS="$(MAIN_ARGS)"; \
+	main=$$?; wait; \
+	echo; echo "== beside it: Django's own test suite through the pool (Django 6.1, Python 3.13) =="; \
+	cat $(OTHERS).suite.log; suite=$$(cat $(OTHERS).suite.rc 2>/dev/null || echo 1); \
 	echo; echo "== beside it: Django 5.2/Python 3.11, 6.0/3.12, and the lowest versions =="; \
 	cat $(OTHERS).log; others=$$(cat $(OTHERS).rc 2>/dev/null || echo 1); rm -f $(OTHERS).*; \
-	echo "make test: $$(( $$(date +%s) - started )) s; newest pair exit $$main, others exit $$others"; \
-	[ $$main -eq 0 ] && [ $$others -eq 0 ]
+	echo "make test: $$(( $$(date +%s) - started )) s; exit: suite $$main, Django's suite $$suite," \
+	  "other pairs $$others"; \
+	[ $$main -eq 0 ] && [ $$suite -eq 0 ] && [ $$others -eq 0 ]
 
 # The venvs first (pip only: they build while the first suite runs), then, once the servers
 # are installed (OTHERS_WAIT names the file that says so), the runs one after the other.
@@ -82,9 +90,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check wsgi_dbpool tests bench demo
 	$(BIN)/mypy
 
-## bench: wsgi_dbpool beside the alternatives (about 15 minutes; BENCH_ARGS=--quick: 2)
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	touch $@
+
+## bench: wsgi_dbpool beside the alternatives (about 15 minutes; BENCH_ARGS=--quick: 2;
+## BENCH_ARGS="--backend postgresql" for the PostgreSQL stacks). See docs/numbers.md.
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+
+## bench-smoke: the benchmarks' smokes that make test leaves out (PostgreSQL, sweep, profiler)
+bench-smoke: $(BENCH_STAMP)
+	$(BIN)/python -m gevent.monkey --module pytest -m bench tests/test_bench_smoke.py
 
 ## bench-overhead: the middleware's own cost per request beside SQLAlchemy's QueuePool
 bench-overhead: $(STAMP)
