@@ -167,6 +167,15 @@ def table_backend(request, db, pg_db) -> Backend:
     return BACKENDS[request.param]
 
 
+def _attached(alias: str) -> Any:
+    """A cursor on a connection taken now: under ``hold="transaction"`` ``cursor()`` alone
+    takes none (it attaches at the first statement), and the probes read the connection."""
+    from django.db import connections
+
+    connections[alias].ensure_connection()
+    return connections[alias].cursor()
+
+
 def _session_after(
     make_app, backend: Backend, mode: str, kinds: list[Kind]
 ) -> tuple[dict[str, Any], bool]:
@@ -183,12 +192,12 @@ def _session_after(
     try:
         for kind in kinds:
             try:
-                with app.checkout(), connections[backend.alias].cursor() as cursor:
+                with app.checkout(), _attached(backend.alias) as cursor:
                     used_by_a = connection_label(connections[backend.alias])
                     kind.run(cursor)
             except Exception:  # raised by the work, or refused because of what was kept
                 pass
-        with app.checkout(), connections[backend.alias].cursor() as cursor:
+        with app.checkout(), _attached(backend.alias) as cursor:
             wrapper = connections[backend.alias]
             kept = connection_label(wrapper) == used_by_a  # while attached (any hold)
             seen = backend.probe(cursor, wrapper.connection)
