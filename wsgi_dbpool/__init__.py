@@ -6,8 +6,8 @@
     application = PoolingMiddleware(get_wsgi_application(), size=4)
 """
 
-from .errors import PoolError, PoolTimeout
+from .errors import DatabaseUnavailable, PoolError, PoolTimeout, TooManyWaiting
 from .middleware import PoolingMiddleware
 
-__all__ = ["PoolError", "PoolTimeout", "PoolingMiddleware"]
+__all__ = ["DatabaseUnavailable", "PoolError", "PoolTimeout", "PoolingMiddleware", "TooManyWaiting"]
 __version__ = "0.1.0"

@@ -35,6 +35,10 @@ class PoolSettings:
     max_lifetime: float | None = None
     lifetime_jitter: float = 0.1
     ping_timeout: float | None = 5.0
+    fail_fast: bool = True
+    max_waiting: int | None = None
+    statement_timeout: float | None = None
+    max_hold: float | None = None
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -73,6 +77,7 @@ class PoolSettings:
                 "hold='lazy' to keep a session for the whole request"
             )
         self._check_lifecycle()
+        self._check_limits()
 
     def _check_lifecycle(self) -> None:
         check_int("prewarm", self.prewarm, minimum=0)
@@ -93,6 +98,22 @@ class PoolSettings:
         check_positive_seconds(
             "ping_timeout", self.ping_timeout, "to let the health check wait as long as the driver does"
         )
+
+
+    def _check_limits(self) -> None:
+        if not isinstance(self.fail_fast, bool):
+            raise TypeError(f"fail_fast must be True or False, got {self.fail_fast!r}")
+        if self.max_waiting is not None:
+            check_int("max_waiting", self.max_waiting, minimum=0)
+            if self.max_outstanding is None:
+                raise ValueError(
+                    f"max_waiting={self.max_waiting} needs max_outstanding: with no cap no "
+                    f"request ever waits; set max_outstanding, or leave max_waiting None"
+                )
+        check_positive_seconds(
+            "statement_timeout", self.statement_timeout, "to let statements run as long as the server allows"
+        )
+        check_positive_seconds("max_hold", self.max_hold, "to let a request hold its connection for ever")
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
