@@ -159,3 +159,143 @@ def test_too_many_connections_does_not_open_the_breaker(make_app, db):
             hog.close()
         db.set_global("max_connections", 200)
     assert call(app, "/id/")[0].startswith("200")
+
+
+# -- shedding load ------------------------------------------------------------------------
+
+
+def test_max_waiting_answers_503_at_once_beyond_the_cap_and_serves_the_rest(make_app, db):
+    app = make_app(size=1, max_outstanding=1, timeout=10, max_waiting=1)
+    holder = gevent.spawn(call, app, "/sleep/500/")
+    wait_until(lambda: app.stats()["default"]["in_use"] == 1, what="the holder in")
+    waiter = gevent.spawn(call, app, "/id/")
+    wait_until(lambda: app.stats()["default"]["waiting"] == 1, what="one waiting")
+    started = time.monotonic()
+    status, headers, _ = call(app, "/id/")
+    assert status.startswith("503") and dict(headers)["Retry-After"] == "1"
+    assert time.monotonic() - started < 0.1
+    assert holder.get(timeout=10)[0].startswith("200")
+    assert waiter.get(timeout=10)[0].startswith("200")  # nothing else changed
+    stats = app.stats()["default"]
+    assert (stats["rejected"], stats["timeouts"], stats["checkouts"]) == (1, 0, 2)
+    assert db.connection_count("app") <= 1
+
+
+# -- statement timeout ---------------------------------------------------------------------
+
+_TIMEOUT_SQL = {"default": "SELECT @@max_statement_time", "pg": "SHOW statement_timeout"}
+_TIMEOUT_VALUE = {"default": ["0.5"], "pg": ["500ms"]}
+
+
+def test_statement_timeout_holds_and_survives_a_session_reset(make_app, backend):
+    alias = backend.alias
+    app = make_app(aliases=[alias], size=1, max_outstanding=1, reset="session",
+                   statement_timeout=0.5)
+    seen = []
+    for _ in range(3):  # every return resets the session: the value must come back each time
+        status, _h, body = call(app, f"/run/?alias={alias}&sql={_TIMEOUT_SQL[alias]}")
+        assert status.startswith("200"), body
+        seen.append(json_of(body))
+    assert len({s["id"] for s in seen}) == 1  # one connection, reset between requests
+    assert [[str(v) for v in s["results"][0]] for s in seen] == [_TIMEOUT_VALUE[alias]] * 3
+    started = time.monotonic()
+    status, _h, _b = call(app, f"/b/sleep/3000/?alias={alias}")
+    assert time.monotonic() - started < 2.0  # the server cut it at 0.5 s
+    if alias == "pg":
+        assert status.startswith("500")  # QueryCanceled
+    assert call(app, f"/b/id/?alias={alias}")[0].startswith("200")
+
+
+def json_of(body: bytes) -> Any:
+    import json
+
+    return json.loads(body)
+
+
+# -- steering a running pool ---------------------------------------------------------------
+
+
+def test_drain_under_load_with_rotated_credentials_replaces_every_connection(make_app, db):
+    from django.db import connections
+
+    app = make_app(size=4, max_outstanding=8, timeout=10)
+    database = connections.settings["default"]
+    results: list[tuple[float, int, int | None]] = []
+    running = True
+
+    def client() -> None:
+        while running:
+            started = time.monotonic()
+            status, _h, body = call(app, "/id/")
+            ok = status.startswith("200")
+            results.append((started, int(status[:3]), json_of(body)["id"] if ok else None))
+            gevent.sleep(0.005)
+
+    clients = [gevent.spawn(client) for _ in range(30)]
+    try:
+        gevent.sleep(1.0)
+        before = {row["id"] for row in db.processlist("app")}
+        assert before
+        db.admin_query("ALTER USER 'app'@'127.0.0.1' IDENTIFIED BY 'rotated'")
+        database["PASSWORD"] = "rotated"  # the alias's settings, changed in place
+        drained_at = time.monotonic()
+        app.drain()
+        gevent.sleep(1.5)
+    finally:
+        running = False
+        gevent.joinall(clients, timeout=20, raise_error=True)
+        database["PASSWORD"] = "app"
+        db.admin_query("ALTER USER 'app'@'127.0.0.1' IDENTIFIED BY 'app'")
+    assert {status for _, status, _ in results} == {200}  # 0 errors
+    after = [ident for started, _, ident in results if started > drained_at]
+    assert len(after) > 100
+    assert not set(after) & before  # every request after the drain ran on a new connection
+    wait_until(lambda: app.stats()["default"]["in_use"] == 0, what="all returned")
+    assert not {row["id"] for row in db.processlist("app")} & before
+    app.drain()  # the rotated connections closed too: password back to 'app' for the rest
+    assert app.stats()["default"]["drained"] == 2
+
+
+def test_pause_stops_new_statements_and_resume_serves_everyone(make_app, db):
+    app = make_app(size=2, max_outstanding=4, timeout=10)
+    results: list[int] = []
+    running = True
+
+    def client() -> None:
+        while running:
+            results.append(int(call(app, "/insert/")[0][:3]))
+            gevent.sleep(0.01)
+
+    def rows() -> int:
+        return int(db.admin_query("SELECT COUNT(*) FROM app.items")[0][0])
+
+    clients = [gevent.spawn(client) for _ in range(20)]
+    try:
+        gevent.sleep(0.5)
+        app.pause()
+        wait_until(lambda: app.stats()["default"]["in_use"] == 0, what="the work in flight done")
+        paused_rows = rows()
+        gevent.sleep(1.0)
+        assert rows() == paused_rows  # no statement ran while paused
+        stats = app.stats()["default"]
+        assert stats["paused"] == 1 and stats["waiting"] == 20
+        app.resume()
+        wait_until(lambda: rows() >= paused_rows + 40, what="served after resume")
+    finally:
+        running = False
+        gevent.joinall(clients, timeout=20, raise_error=True)
+    assert set(results) == {200}  # everyone served, none timed out
+    assert app.stats()["default"]["timeouts"] == 0
+
+
+def test_resize_applies_to_new_checkouts(make_app, db):
+    app = make_app(size=1, max_outstanding=1, timeout=10)
+    holders = [gevent.spawn(call, app, "/sleep/300/") for _ in range(3)]
+    wait_until(lambda: app.stats()["default"]["waiting"] == 2, what="two waiting")
+    app.resize(size=2, max_outstanding=3)
+    wait_until(lambda: db.connection_count("app") == 3, what="three connections on the server")
+    assert all(h.get(timeout=10)[0].startswith("200") for h in holders)
+    with pytest.raises(ValueError, match="max_outstanding=1 is below size=2"):
+        app.resize(max_outstanding=1)
+    stats = app.stats()["default"]
+    assert (stats["size"], stats["max_outstanding"]) == (2, 3)
