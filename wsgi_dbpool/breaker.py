@@ -22,6 +22,7 @@ configuration error, reported as it is.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -79,7 +80,7 @@ class Breaker:
     """
 
     __slots__ = (
-        "_cause", "_count", "_generation", "_lock", "_on_open", "_probe", "_step", "alias",
+        "_cause", "_count", "_epoch", "_generation", "_lock", "_on_open", "_probe", "_step", "alias",
         "open_until", "prober",
     )
 
@@ -97,6 +98,7 @@ class Breaker:
         self._cause = ""
         self._step = FIRST_STEP
         self._generation = -1
+        self._epoch = 0  # bumped by each opening and by stop(): older probe timers do nothing
         self._lock = _concurrency.new_guard_lock()
         self._probe = probe
         self._on_open = on_open
@@ -127,6 +129,8 @@ class Breaker:
             if self.open_until and self._generation == _concurrency._fork_generation:
                 return  # already open: a connect that started before it opened
             self._generation = _concurrency._fork_generation
+            self._epoch += 1
+            epoch = self._epoch
             self._step = FIRST_STEP
             self._cause = f"{cause}: {exc}"
             delay = _draw(self._step)
@@ -137,11 +141,17 @@ class Breaker:
             self.alias, self._cause, delay, MAX_STEP,
         )
         _concurrency.call_later(0.0, self._on_open)
-        _concurrency.call_later(delay, self._run_probe)
+        _concurrency.call_later(delay, functools.partial(self._run_probe, epoch))
 
-    def _run_probe(self) -> None:
-        if self._generation != _concurrency._fork_generation:
-            return  # a timer from before a fork (not run in the child anyway)
+    def stop(self) -> None:
+        """Close the breaker and cancel its probe (the pool is being closed)."""
+        with self._lock:
+            self._epoch += 1
+            self.open_until = 0.0
+
+    def _run_probe(self, epoch: int) -> None:
+        if epoch != self._epoch or self._generation != _concurrency._fork_generation:
+            return  # stopped, or a timer from before a fork
         self.prober = _concurrency.get_ident()
         try:
             self._probe()
@@ -157,13 +167,16 @@ class Breaker:
                     "database %r still unreachable (%s); next probe in %.1fs",
                     self.alias, self._cause, delay,
                 )
-                _concurrency.call_later(delay, self._run_probe)
+                _concurrency.call_later(delay, functools.partial(self._run_probe, epoch))
                 return
             # It answered (with an error): it is up. Requests meet that error themselves.
             logger.info("database %r answers again (with %r)", self.alias, exc)
         finally:
             self.prober = 0
-        self.open_until = 0.0
+        with self._lock:
+            if epoch != self._epoch:
+                return
+            self.open_until = 0.0
         logger.info("database %r reachable again: serving requests", self.alias)
 
 

@@ -434,8 +434,11 @@ class PoolingMiddleware:
         return {p.alias: p.stats() for p in self._pools}
 
     def close(self) -> None:
-        """Close every idle pooled connection (worker shutdown); the pool stays usable."""
+        """Close every idle pooled connection (worker shutdown), and stop ``fail_fast``'s
+        probes; the pool stays usable."""
         for pool in self._pools:
+            if pool.breaker is not None:
+                pool.breaker.stop()
             closed = pool.close_idle()
             logger.info("closed %d idle connection(s) of %r", closed, pool.alias)
 

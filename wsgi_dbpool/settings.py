@@ -38,7 +38,6 @@ class PoolSettings:
     fail_fast: bool = True
     max_waiting: int | None = None
     statement_timeout: float | None = None
-    max_hold: float | None = None
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -113,7 +112,6 @@ class PoolSettings:
         check_positive_seconds(
             "statement_timeout", self.statement_timeout, "to let statements run as long as the server allows"
         )
-        check_positive_seconds("max_hold", self.max_hold, "to let a request hold its connection for ever")
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
