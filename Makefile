@@ -43,14 +43,18 @@ storm: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/python -m demo.worker
 
-## test: lint and the whole suite on the newest pair; beside it, Django's own test suite through
-## the pool (newest pair), and a core selection on the other supported pairs plus one run with the
-## lowest versions the requirements allow (their venvs build meanwhile). Output of the runs beside
-## is printed at the end, with the total time.
+## test: lint and the whole suite on the newest pair, in two lanes (the second one starts with
+## Django's own test suite through the pool); beside them, a core selection on the other supported
+## pairs plus one run with the lowest versions the requirements allow (their venvs build
+## meanwhile). Output of the lanes beside is printed at the end, with the total time.
 CORE := -m 'not slow and not demo and not celery'
 CORE_FILES := tests/test_internals.py tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py \
 	tests/test_clean.py
-MAIN_ARGS := -m 'not bench' --ignore=tests/test_django_suite.py
+# The second lane: Django's own suite through the pool, then the other long files (Celery, the
+# demo in Chromium, the bench smoke, the packaging, the isolation table); the first lane has the rest.
+LANE2_FILES := tests/test_django_suite.py tests/test_bench_smoke.py tests/test_celery.py tests/demo \
+	tests/test_packaging.py tests/test_isolation_table.py
+MAIN_ARGS := -m 'not bench' $(foreach f,$(LANE2_FILES),--ignore=$(f))
 OTHERS := $(shell mktemp -u /tmp/wsgi_dbpool-others.XXXXXX)
 test:
 	@started=$$(date +%s); \
@@ -59,15 +63,16 @@ test:
 	  echo $$? > $(OTHERS).rc ) & \
 	$(BIN)/python -c "from tests.servers import ensure_all_installed; ensure_all_installed()"; \
 	touch $(OTHERS).apt; \
-	( $(MAKE) --no-print-directory test-one PYTEST_ARGS=tests/test_django_suite.py > $(OTHERS).suite.log 2>&1; \
+	( $(MAKE) --no-print-directory test-one PYTEST_ARGS="-m 'not bench' $(LANE2_FILES)" \
+	  > $(OTHERS).suite.log 2>&1; \
 	  echo $$? > $(OTHERS).suite.rc ) & \
 	$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory test-one PYTEST_ARGS="$(MAIN_ARGS)"; \
 	main=$$?; wait; \
-	echo; echo "== beside it: Django's own test suite through the pool (Django 6.1, Python 3.13) =="; \
+	echo; echo "== beside it: Django's own suite through the pool, and the long files (6.1, 3.13) =="; \
 	cat $(OTHERS).suite.log; suite=$$(cat $(OTHERS).suite.rc 2>/dev/null || echo 1); \
 	echo; echo "== beside it: Django 5.2/Python 3.11, 6.0/3.12, and the lowest versions =="; \
 	cat $(OTHERS).log; others=$$(cat $(OTHERS).rc 2>/dev/null || echo 1); rm -f $(OTHERS).*; \
-	echo "make test: $$(( $$(date +%s) - started )) s; exit: suite $$main, Django's suite $$suite," \
+	echo "make test: $$(( $$(date +%s) - started )) s; exit: suite $$main, second lane $$suite," \
 	  "other pairs $$others"; \
 	[ $$main -eq 0 ] && [ $$suite -eq 0 ] && [ $$others -eq 0 ]
 

@@ -15,6 +15,7 @@ import contextlib
 import signal
 import socket
 import struct
+import time
 
 import gevent
 from gevent.server import StreamServer
@@ -27,7 +28,8 @@ class FaultProxy:
         self.delay = delay
         self._sockets: set[socket.socket] = set()
         self._silenced: set[socket.socket] = set()
-        self._server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.accepted: list[float] = []  # when (monotonic) each client connection came in
+        self._server = StreamServer(("127.0.0.1", 0), self._handle, backlog=1024)
         self._server.start()
         self.port = self._server.server_port
 
@@ -63,6 +65,7 @@ class FaultProxy:
         self._sockets.discard(sock)
 
     def _handle(self, client: socket.socket, address: object) -> None:
+        self.accepted.append(time.monotonic())
         if self.mode == "reset":
             self._abort(client)
             return

@@ -77,7 +77,9 @@ def test_construction_never_connects(db):
     before = db.connections_total()
     app = PoolingMiddleware(_app)  # every alias
     assert db.connections_opened_since(before) == 0
-    assert set(app.stats()) == {"default", "other", "short", "proxied", "pg", "tuned", "pg_tuned"}
+    assert set(app.stats()) == {
+        "default", "other", "short", "proxied", "proxied_plain", "pg", "tuned", "pg_tuned"
+    }
     assert all(s["opened"] == 0 for s in app.stats().values())
 
 

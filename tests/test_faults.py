@@ -67,10 +67,13 @@ def test_server_down_at_start_then_up(make_app, db):
         app = make_app(size=2, max_outstanding=4, timeout=5)  # builds without a database
         with serve(app) as address:
             down = [timed_get(address, "/id/") for _ in range(3)]
-            assert all(status == 500 for status, _ in down)
+            # The first connect is refused; then fail_fast answers without trying.
+            assert [status for status, _ in down] == [500, 503, 503]
             assert max(seconds for _, seconds in down) < 5  # refused at once, not a hang
             assert app.stats()["default"]["in_use"] == 0
             db.start_again()
+            wait_until(lambda: app.stats()["default"]["breaker_open"] == 0, timeout=35,
+                       what="the breaker's probe through")
             assert get(address, "/id/").status == 200
     finally:
         if not db.running:
@@ -151,7 +154,10 @@ def test_network_reset(make_app, db, proxy):
         proxy.set_mode("reset")
         status, seconds = timed_get(address, "/id/?alias=proxied")
         assert status == 500 and seconds < 5
+        assert timed_get(address, "/id/?alias=proxied")[0] == 503  # fail_fast: no connect
         proxy.set_mode("pass")
+        wait_until(lambda: app.stats()["proxied"]["breaker_open"] == 0, timeout=3,
+                   what="the breaker's probe through")
         response = get(address, "/id/?alias=proxied")
     assert response.status == 200 and response.json()["id"] != first
     assert_no_leak(app, db, "proxied")

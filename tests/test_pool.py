@@ -21,7 +21,7 @@ import gevent
 import gevent.event
 import pytest
 
-from wsgi_dbpool import PoolTimeout, _concurrency
+from wsgi_dbpool import PoolTimeout, TooManyWaiting, _concurrency
 from wsgi_dbpool import pool as pool_module
 from wsgi_dbpool import response as response_module
 from wsgi_dbpool.pool import Pool
@@ -75,10 +75,13 @@ def factory() -> Factory:
 
 @pytest.fixture
 def make_pool(factory: Factory) -> Callable[..., Pool[Thing]]:
-    def make(*, size: int = 2, max_outstanding: int | None = 1, linger: float = 0.0) -> Pool[Thing]:
+    def make(
+        *, size: int = 2, max_outstanding: int | None = 1, linger: float = 0.0,
+        max_waiting: int | None = None,
+    ) -> Pool[Thing]:
         return Pool(
             "things", create=factory.create, dispose=factory.dispose,
-            size=size, max_outstanding=max_outstanding, linger=linger,
+            size=size, max_outstanding=max_outstanding, linger=linger, max_waiting=max_waiting,
         )
 
     return make
@@ -511,6 +514,92 @@ def test_after_fork_the_parent_slots_do_not_count(make_pool, forked):
     pool.release(thing, reusable=True)
 
 
+# -- shedding load, steering ----------------------------------------------------------
+
+
+def test_max_waiting_turns_the_next_caller_away_at_once_and_nothing_else_changes(make_pool):
+    pool = make_pool(max_outstanding=1, max_waiting=2)
+    held = take(pool)
+    waiters = [gevent.spawn(take, pool) for _ in range(2)]
+    wait_for(lambda: pool.stats()["waiting"] == 2, "two waiting")
+    started = time.monotonic()
+    with pytest.raises(TooManyWaiting) as caught:
+        pool.acquire(DEADLINE)
+    assert time.monotonic() - started < 0.05  # at once, not after the timeout
+    assert isinstance(caught.value, PoolTimeout)  # answered like a timeout (503)
+    assert "max_waiting" in str(caught.value)
+    stats = pool.stats()
+    assert (stats["rejected"], stats["waiting"], stats["timeouts"]) == (1, 2, 0)
+    pool.release(held, reusable=True)
+    join_all(waiters[:1])
+    pool.release(waiters[0].value, reusable=True)
+    join_all(waiters[1:])
+    pool.release(waiters[1].value, reusable=True)
+    assert pool.stats()["in_use"] == 0
+
+
+def test_max_waiting_zero_never_queues(make_pool):
+    pool = make_pool(max_outstanding=1, max_waiting=0)
+    held = take(pool)
+    with pytest.raises(TooManyWaiting):
+        pool.acquire(DEADLINE)
+    pool.release(held, reusable=True)
+    pool.release(take(pool), reusable=True)  # under the cap: served as before
+
+
+def test_pause_makes_new_checkouts_wait_and_resume_serves_them_in_order(make_pool, factory):
+    pool = make_pool(size=2, max_outstanding=3)
+    held = take(pool)  # in flight when paused
+    pool.release(take(pool), reusable=True)  # one idle
+    pool.pause()
+    served: list[int] = []
+
+    def client(number: int) -> None:
+        thing = take(pool)
+        served.append(number)
+        pool.release(thing, reusable=True)
+
+    clients = []
+    for number in range(4):
+        clients.append(gevent.spawn(client, number))
+        gevent.sleep(0)
+    gevent.sleep(0.02)
+    assert served == [] and pool.stats()["waiting"] == 4 and pool.stats()["paused"] == 1
+    pool.release(held, reusable=True)  # the work in flight finishes: no hand-off while paused
+    gevent.sleep(0.01)
+    assert served == [] and pool.stats()["idle"] == 2
+    with pytest.raises(PoolTimeout):  # the wait stays bounded by its timeout
+        pool.acquire(0.01)
+    pool.resume()
+    join_all(clients)
+    assert served == [0, 1, 2, 3]
+    stats = pool.stats()
+    assert (stats["in_use"], stats["waiting"], stats["paused"]) == (0, 0, 0)
+    assert len(factory.made) <= 3
+
+
+def test_resize_raises_the_cap_for_waiters_and_a_lower_one_lets_work_finish(make_pool, factory):
+    pool = make_pool(size=2, max_outstanding=1)
+    held = take(pool)
+    waiters = [gevent.spawn(take, pool) for _ in range(2)]
+    wait_for(lambda: pool.stats()["waiting"] == 2, "two waiting")
+    pool.resize(2, 3)  # both served at once, with new slots
+    join_all(waiters)
+    assert pool.stats()["in_use"] == 3
+    pool.resize(1, 1)  # nothing taken back
+    assert pool.stats()["in_use"] == 3 and not any(t.disposed for t in factory.made)
+    late = gevent.spawn(take, pool)
+    gevent.sleep(0.01)
+    assert not late.dead  # 3 out, cap 1: it waits
+    for thing in (held, waiters[0].value):
+        pool.release(thing, reusable=True)  # handed to `late`, then kept idle
+    join_all([late])
+    pool.release(waiters[1].value, reusable=True)
+    pool.release(late.value, reusable=True)
+    stats = pool.stats()
+    assert (stats["in_use"], stats["idle"], stats["size"], stats["max_outstanding"]) == (0, 1, 1, 1)
+
+
 # -- counters ------------------------------------------------------------------------
 
 
@@ -544,6 +633,8 @@ def test_stats_count_what_happened(make_pool):
         pool_module.HOLD_SECONDS: stats[pool_module.HOLD_SECONDS],
         pool_module.CONNECTS: 0,  # nothing here connects (note_connect)
         pool_module.CONNECT_SECONDS: 0.0,
+        pool_module.REJECTED: 0,
+        pool_module.PAUSED: 0,
         "stale": 2,
     }
     assert 0.005 <= stats[pool_module.WAIT_SECONDS] < DEADLINE
@@ -557,14 +648,16 @@ def test_every_stats_key_is_documented_and_exported_from_the_one_definition():
     page = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text(encoding="utf-8")
     table = page.split("## Reading `stats()`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(\w+)`", table))
-    from wsgi_dbpool.alias_pool import POLICY_EVENTS
+    from wsgi_dbpool.alias_pool import POLICY_EVENTS, POLICY_GAUGES
 
-    assert set(pool_module.STATS_KEYS) | set(POLICY_EVENTS) <= documented
+    every_key = set(pool_module.STATS_KEYS) | set(POLICY_EVENTS) | set(POLICY_GAUGES)
+    assert every_key <= documented
     pytest.importorskip("prometheus_client")
     from wsgi_dbpool import prometheus
 
     exported = set(prometheus.GAUGES) | set(prometheus.COUNTERS)
-    assert exported <= set(pool_module.STATS_KEYS) | set(POLICY_EVENTS)
+    assert exported <= every_key
+    assert set(POLICY_GAUGES) <= set(prometheus.GAUGES)
     assert set(POLICY_EVENTS) <= set(prometheus.COUNTERS)
 
 

@@ -6,8 +6,11 @@
     application = PoolingMiddleware(get_wsgi_application(), size=4)
 """
 
-from .errors import PoolError, PoolTimeout, SessionStateError
+from .errors import DatabaseUnavailable, PoolError, PoolTimeout, SessionStateError, TooManyWaiting
 from .middleware import PoolingMiddleware
 
-__all__ = ["PoolError", "PoolTimeout", "PoolingMiddleware", "SessionStateError"]
+__all__ = [
+    "DatabaseUnavailable", "PoolError", "PoolTimeout", "PoolingMiddleware", "SessionStateError",
+    "TooManyWaiting",
+]
 __version__ = "0.1.0"

@@ -112,7 +112,9 @@ PyMySQL's ``RuntimeError`` texts          a connect whose authentication needs a
                                           WARNING with the extra to install.
 ========================================  ==============================================
 
-Public driver state read here too: PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
+Public driver state read here too (and in :mod:`~wsgi_dbpool.alias_pool`, which asks
+PyMySQL's ``get_server_info()`` whether the server is MariaDB for ``statement_timeout``):
+PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
 ``autocommit``, ``info.transaction_status``; psycopg2 ``closed``, ``autocommit``,
 ``get_transaction_status()``; sqlite3 ``in_transaction``, ``isolation_level``.
 """

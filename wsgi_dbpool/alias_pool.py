@@ -28,6 +28,7 @@ from ._internals import (
     missing_auth_package,
     set_owner,
 )
+from .breaker import Breaker
 from .front import Front, Work
 from .pool import Pool
 from .session import reset_session
@@ -63,7 +64,15 @@ _TAKEN = "_wsgi_dbpool_taken"  # when (monotonic) it was last checked out
 # What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
 POLICY_EVENTS = (
     "opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers", "pinned",
+    "unavailable", "drained",
 )
+# What the policy shows of its state now (gauges), beside the counters.
+BREAKER_OPEN = "breaker_open"  # 1 while fail_fast's breaker is open, else 0
+POLICY_GAUGES = (BREAKER_OPEN,)
+
+# The return verdict of a connection opened before the last drain(): close, and
+# give back a new wrapper (made from the alias's settings as they are now).
+DRAINED = "drained"
 
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
@@ -89,12 +98,22 @@ class AliasPool:
             size=settings.size,
             max_outstanding=settings.max_outstanding,
             linger=settings.linger,
+            max_waiting=settings.max_waiting,
         )
         self._warned: set[str] = set()
         self._watch_session: Any = None  # session_state's execute wrapper, per backend
         # When the idle connections were last closed for a failover: a connection opened
         # before then that fails the same way belongs to that failover, not a new one.
         self._failover_at = float("-inf")
+        # When drain() was last called: connections opened before are replaced on return.
+        self._drained_at = float("-inf")
+        # Connections opened before this are closed before they are handed out.
+        self._replace_before = float("-inf")
+        self.breaker: Breaker | None = None
+        if settings.fail_fast:
+            self.breaker = Breaker(
+                alias, probe=self._probe, on_open=self.close_idle, count=self.pool.count
+            )
         _serving[alias] = weakref.ref(self)
         # How a unit of work takes and gives back this alias: the carrier itself for the
         # whole work (hold="request"), or a front wrapper that borrows one when needed.
@@ -140,14 +159,24 @@ class AliasPool:
         note_connect = self.pool.note_connect
         connect = wrapper.connect
         state = wrapper.__dict__
+        breaker = self.breaker
 
         def timed_connect() -> None:
+            if (
+                breaker is not None and breaker.open_until
+                and breaker.prober != _concurrency.get_ident()
+            ):
+                breaker.refuse()  # checked out before the breaker opened: no connect now
             started = time.monotonic()
             state[session_state.SETUP_ATTR] = True  # Django's session set-up: not the work's
             try:
                 connect()
-            except RuntimeError as exc:
+            except RuntimeError as exc:  # the server answered: not a reason to trip the breaker
                 self._name_missing_auth_package(exc)
+                raise
+            except Exception as exc:
+                if breaker is not None and breaker.prober != _concurrency.get_ident():
+                    breaker.failed(exc)
                 raise
             finally:
                 state[session_state.SETUP_ATTR] = False
@@ -201,6 +230,30 @@ class AliasPool:
             setattr(wrapper, _EXPIRES, now + lifetime * (1.0 - jitter * random.random()))
             wrapper.close_at = None
         self.pool.count("opened")
+        if self.settings.statement_timeout is not None:
+            self._limit_statements(wrapper)
+
+    def _limit_statements(self, wrapper: Wrapper) -> None:
+        """Apply ``statement_timeout`` to the session (at connect, after a session reset)."""
+        seconds = self.settings.statement_timeout
+        assert seconds is not None
+        raw = wrapper.connection
+        if wrapper.vendor == "mysql":
+            if "mariadb" in str(raw.get_server_info()).lower():
+                sql = f"SET SESSION max_statement_time = {seconds:.6f}"
+            else:  # MySQL: read-only SELECTs only (the server's own rule)
+                sql = f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}"
+        elif wrapper.vendor == "postgresql":
+            sql = f"SET statement_timeout = {max(1, round(seconds * 1000))}"
+        else:
+            self._warn_once(
+                "statement_timeout",
+                "statement_timeout on %r: the %s backend has no statement timeout; ignored",
+                self.alias, wrapper.vendor,
+            )
+            return
+        with raw.cursor() as cursor:  # the driver's: no execute wrappers, nothing counted
+            cursor.execute(sql)
 
     def note_closed(self, wrapper: Wrapper) -> None:
         closed = wrapper.connection is None or wrapper.closed_in_transaction
@@ -211,8 +264,16 @@ class AliasPool:
     # -- checkout -----------------------------------------------------------------
 
     def checkout(self, timeout: float | None, ident: int, work: Work | None = None) -> Any:
-        """A wrapper owned by greenlet ``ident``, checked if it sat idle a while."""
+        """A wrapper owned by greenlet ``ident``, checked if it sat idle a while.
+
+        Raises :class:`~wsgi_dbpool.errors.DatabaseUnavailable` at once while the
+        breaker is open (``fail_fast``), :class:`~wsgi_dbpool.errors.PoolTimeout` after
+        ``timeout`` at the cap.
+        """
         wrapper: Any
+        breaker = self.breaker
+        if breaker is not None and breaker.open_until:
+            breaker.refuse()
         wrapper, idle_since = self.pool.acquire(timeout)
         # Ownership moves to the caller; Django checks it on every use.
         set_owner(wrapper, ident)
@@ -220,7 +281,7 @@ class AliasPool:
         wrapper._wsgi_dbpool_taken = now = time.monotonic()  # _TAKEN, for the hold time
         wrapper._wsgi_dbpool_ran = False  # session_state.RAN_ATTR
         if wrapper.connection is not None and (
-            wrapper._wsgi_dbpool_opened_at < self._failover_at  # _OPENED_AT
+            wrapper._wsgi_dbpool_opened_at < self._replace_before  # _OPENED_AT
             or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
         ):
             self._retire(wrapper)
@@ -237,9 +298,12 @@ class AliasPool:
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""
-        if getattr(wrapper, _OPENED_AT) < self._failover_at:
+        opened_at = getattr(wrapper, _OPENED_AT)
+        if opened_at < self._failover_at:
             # Busy during a failover and returned clean: it still points at the old server.
             self._close(wrapper, "opened before the last failover")
+        elif opened_at < self._drained_at:
+            self._close(wrapper, "opened before the last drain()")
         else:
             self._close(wrapper, PAST_LIFETIME)
 
@@ -301,11 +365,14 @@ class AliasPool:
             wrapper.queries_log.clear()
         action, reason = judge(wrapper, broken, self.reset_session)
         taken = wrapper._wsgi_dbpool_taken  # _TAKEN
-        if action is KEEP:  # the clean path, decided from memory alone
+        if action is KEEP and wrapper._wsgi_dbpool_opened_at >= self._drained_at:
+            # the clean path, decided from memory alone
             wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
             set_owner(wrapper, NOBODY)
             self.pool.release(wrapper, reusable=True, taken=taken)
             return
+        if action is KEEP:
+            action, reason = DRAINED, "opened before the last drain()"
         giving = wrapper
         try:
             set_owner(wrapper, _concurrency.get_ident())  # whoever returns it acts on it
@@ -322,6 +389,9 @@ class AliasPool:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""
         if action is FAIL_OVER:
             return self._fail_over(wrapper, reason)
+        if action is DRAINED:
+            self._close(wrapper, reason)
+            return self.pool.create_replacement()
         if action is REPLACE:
             self._count_discard("dirty", reason)
             self._close(wrapper, reason)
@@ -361,6 +431,7 @@ class AliasPool:
         setattr(wrapper, failover.FAILOVER_ATTR, None)
         if getattr(wrapper, _OPENED_AT) >= self._failover_at:  # not seen before
             self._failover_at = time.monotonic()
+            self._replace_before = max(self._replace_before, self._failover_at)
             self.pool.count("failovers")
             closed = self.pool.drain_idle()
             logger.warning(
@@ -381,6 +452,8 @@ class AliasPool:
         setattr(wrapper, session_state.SETUP_ATTR, True)  # the set-up replayed: not the work's
         try:
             done = reset_session(wrapper)
+            if done and self.settings.statement_timeout is not None:
+                self._limit_statements(wrapper)  # the reset put the server's default back
         finally:
             setattr(wrapper, session_state.SETUP_ATTR, False)
         if done:
@@ -481,15 +554,7 @@ class AliasPool:
             stats = self.pool.stats()
             if int(stats["idle"] or 0) + int(stats["in_use"] or 0) >= count:
                 break  # requests got there first
-            wrapper = self._create()
-            set_owner(wrapper, _concurrency.get_ident())
-            try:
-                wrapper.ensure_connection()
-            except BaseException:
-                self._close(wrapper, "pre-warm failed")
-                raise
-            finally:
-                set_owner(wrapper, NOBODY)
+            wrapper = self._open_one("pre-warm")
             if not self.pool.add_idle(wrapper):
                 set_owner(wrapper, _concurrency.get_ident())
                 self._close(wrapper, "the pool filled up while pre-warming")
@@ -498,13 +563,51 @@ class AliasPool:
             _concurrency.sleep(spacing)
         return opened
 
+    def _open_one(self, purpose: str) -> Wrapper:
+        """A new wrapper, connected (outside any slot); raises if it cannot connect."""
+        wrapper = self._create()
+        set_owner(wrapper, _concurrency.get_ident())
+        try:
+            wrapper.ensure_connection()
+        except BaseException:
+            self._close(wrapper, f"{purpose} failed")
+            raise
+        finally:
+            set_owner(wrapper, NOBODY)
+        return wrapper
+
+    def _probe(self) -> None:
+        """The breaker's probe: one connect; kept idle if it works (the pool refills)."""
+        wrapper = self._open_one("the breaker's probe")
+        if not self.pool.add_idle(wrapper):
+            set_owner(wrapper, _concurrency.get_ident())
+            self._close(wrapper, "no room for the breaker's probe")
+
     # -- maintenance --------------------------------------------------------------
 
     def close_idle(self) -> int:
         return self.pool.drain_idle()
 
+    def drain(self) -> int:
+        """Replace every connection: idle ones are closed now, those in use when they
+        come back (their wrappers too, so that new connects read the alias's settings
+        as they are then: rotated credentials apply). Returns how many were closed now."""
+        self._drained_at = time.monotonic()
+        self._replace_before = max(self._replace_before, self._drained_at)
+        closed = self.pool.drain_idle()
+        self.pool.count("drained")
+        logger.info(
+            "drained %r: closed %d idle connection(s); the ones in use close on return",
+            self.alias, closed,
+        )
+        return closed
+
     def stats(self) -> dict[str, int | float | None]:
-        return {**dict.fromkeys(POLICY_EVENTS, 0), **self.pool.stats()}
+        breaker = self.breaker
+        is_open = breaker is not None and breaker.open_until != 0.0
+        return {
+            **dict.fromkeys(POLICY_EVENTS, 0), **self.pool.stats(), BREAKER_OPEN: int(is_open)
+        }
 
 
 def _close_overflow(wrapper: Wrapper) -> None:

@@ -114,6 +114,18 @@ class TaskPool:
         """The pool mechanism behind each alias (for exporters: Prometheus, OpenTelemetry)."""
         return self._pool().pools()
 
+    def drain(self, alias: str | None = None) -> None:
+        """:meth:`PoolingMiddleware.drain` for this process's pool."""
+        self._pool().drain(alias)
+
+    def pause(self, alias: str | None = None) -> None:
+        """:meth:`PoolingMiddleware.pause` for this process's pool."""
+        self._pool().pause(alias)
+
+    def resume(self, alias: str | None = None) -> None:
+        """:meth:`PoolingMiddleware.resume` for this process's pool."""
+        self._pool().resume(alias)
+
     def close(self) -> None:
         """Close every idle pooled connection of this process; later tasks still work."""
         if self._middleware is not None:
@@ -237,6 +249,9 @@ def pool_tasks(
     lifetime_jitter: float = 0.1,
     ping_timeout: float | None = 5.0,
     session_state: SessionStateMode = "pin",
+    fail_fast: bool = True,
+    max_waiting: int | None = None,
+    statement_timeout: float | None = None,
 ) -> TaskPool:
     """Serve every task of the Celery ``app`` with pooled connections, capped per process::
 
@@ -281,7 +296,8 @@ def pool_tasks(
         size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
         linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
         prewarm=prewarm, max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter,
-        ping_timeout=ping_timeout, session_state=session_state,
+        ping_timeout=ping_timeout, session_state=session_state, fail_fast=fail_fast,
+        max_waiting=max_waiting, statement_timeout=statement_timeout,
     )
     pool = TaskPool(app, settings, aliases)
     if _django_ready():

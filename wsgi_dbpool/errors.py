@@ -39,3 +39,42 @@ class SessionStateError(PoolError):
     """
 
     __module__ = "wsgi_dbpool"
+class TooManyWaiting(PoolTimeout):
+    """``max_waiting`` requests already wait at the cap: this one is turned away at once.
+
+    A :class:`PoolTimeout` that waited 0 s, so that everything answering a timeout with
+    a 503 (the middleware, ``autoretry_for=(PoolTimeout,)``) answers this one the same.
+    """
+
+    __module__ = "wsgi_dbpool"
+
+    def __init__(self, alias: str, waiting: int, max_outstanding: int | None) -> None:
+        PoolError.__init__(
+            self,
+            f"no connection for database alias {alias!r}: all {max_outstanding} allowed by "
+            f"max_outstanding are in use and {waiting} request(s) already wait (max_waiting); "
+            f"turned away at once. Raise max_waiting or max_outstanding, or add capacity",
+        )
+        self.alias = alias
+        self.waited = 0.0
+        self.max_outstanding = max_outstanding
+        self.waiting = waiting
+
+
+class DatabaseUnavailable(PoolError):
+    """The database of ``alias`` could not be reached a moment ago (its breaker is open):
+    no connect is tried until a background probe succeeds, ``retry_after`` seconds or so
+    from now. The middleware answers ``503`` with ``Retry-After``; ``checkout()`` and a
+    statement inside a view raise it."""
+
+    __module__ = "wsgi_dbpool"
+
+    def __init__(self, alias: str, retry_after: float, cause: str) -> None:
+        self.alias = alias
+        self.retry_after = retry_after
+        self.cause = cause
+        super().__init__(
+            f"database alias {alias!r} is unreachable ({cause}); not trying to connect for "
+            f"another {retry_after:.1f}s (fail_fast). Check that the server is up and "
+            f"reachable; fail_fast=False makes every request try (and wait) instead"
+        )

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _concurrency, _internals
-from .errors import PoolTimeout
+from .errors import PoolError
 from .failover import FAILOVER_ATTR
 from .session_state import RAN_ATTR, SESSION_ATTR
 
@@ -51,7 +51,7 @@ class Work:
     def __init__(self, timeout: float | None, environ: dict[str, Any] | None) -> None:
         self.timeout = timeout
         self.environ = environ  # the request's, or None for checkout() and greenlets
-        self.timed_out: PoolTimeout | None = None
+        self.timed_out: PoolError | None = None  # a wait timed out, or the breaker refused
 
     @property
     def label(self) -> str:
@@ -126,7 +126,7 @@ class Front:
             self.holding.add(ident)
         try:
             carrier = self.alias_pool.checkout(timeout, ident)
-        except PoolTimeout as exc:
+        except PoolError as exc:
             self.holding.discard(ident)
             if work is not None:
                 work.timed_out = exc  # so the middleware can answer 503 instead of 500

@@ -16,7 +16,8 @@ from webob.exc import HTTPServiceUnavailable
 from . import _concurrency, alias_pool, checks, quiet
 from . import front as front_module
 from .alias_pool import AliasPool
-from .errors import PoolTimeout
+from .breaker import retry_after_header
+from .errors import DatabaseUnavailable, PoolError, PoolTimeout
 from .front import Work
 from .holds import HoldWatch
 from .lease import ConnectionSlots, Lease, interrupted
@@ -93,6 +94,23 @@ class PoolingMiddleware:
         under ``hold="transaction"`` the unit of work keeps its connection to its end;
         ``"raise"`` refuses it with :class:`SessionStateError` (to find them, in CI);
         ``"ignore"`` sees nothing and resets nothing.
+    :param fail_fast: after a connect fails because the server cannot be reached,
+        answer every request that needs the alias at once with ``503`` and
+        ``Retry-After`` (:class:`DatabaseUnavailable` inside a view and from
+        ``checkout()``), trying no connect, while one background probe per backoff
+        step (0.5 s doubling to 30 s) finds out when it is back. ``False``: every
+        request tries to connect, and waits for the driver's connect timeout.
+    :param max_waiting: at most this many requests wait at ``max_outstanding``; one
+        more is answered ``503`` at once (``checkout()``: :class:`TooManyWaiting`, a
+        :class:`PoolTimeout`). ``None``: no limit.
+    :param statement_timeout: seconds a statement may run on a pooled connection
+        before the server cancels it, set at connect and after each session reset
+        (MariaDB ``max_statement_time``, MySQL ``max_execution_time``, which covers
+        only ``SELECT``, PostgreSQL ``statement_timeout``). ``None``: the server's.
+
+    Steering a running pool, per alias, from this process: :meth:`resize`,
+    :meth:`drain` (replace every connection, e.g. after rotating credentials),
+    :meth:`pause` and :meth:`resume`.
     """
 
     def __init__(
@@ -114,6 +132,9 @@ class PoolingMiddleware:
         lifetime_jitter: float = 0.1,
         ping_timeout: float | None = 5.0,
         session_state: SessionStateMode = "pin",
+        fail_fast: bool = True,
+        max_waiting: int | None = None,
+        statement_timeout: float | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -129,6 +150,7 @@ class PoolingMiddleware:
             linger=linger, hold_warning=hold_warning, reset=reset, hold=hold, prewarm=prewarm,
             max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter, ping_timeout=ping_timeout,
             session_state=session_state,
+            fail_fast=fail_fast, max_waiting=max_waiting, statement_timeout=statement_timeout,
         )
         self.app = app
         self.skip = skip
@@ -176,6 +198,9 @@ class PoolingMiddleware:
     lifetime_jitter = property(lambda self: self.settings.lifetime_jitter)
     ping_timeout = property(lambda self: self.settings.ping_timeout)
     session_state = property(lambda self: self.settings.session_state)
+    fail_fast = property(lambda self: self.settings.fail_fast)
+    max_waiting = property(lambda self: self.settings.max_waiting)
+    statement_timeout = property(lambda self: self.settings.statement_timeout)
 
     # -- WSGI ---------------------------------------------------------------------
 
@@ -191,7 +216,7 @@ class PoolingMiddleware:
             if self._storage_generation != _concurrency._fork_generation:
                 self._connection_storage()
             lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled)
-        except PoolTimeout as exc:
+        except PoolError as exc:
             timed_out = exc
         else:
             release: Callable[[bool], None] = lease.release
@@ -227,8 +252,8 @@ class PoolingMiddleware:
         unavailable: list[Iterable[bytes]] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            # A 500 after a wait at the cap timed out: the PoolTimeout escaped the view. (A
-            # view that caught it and answered on its own is left alone.)
+            # A 500 after a wait at the cap timed out, or the breaker refused: the PoolError
+            # escaped the view. (A view that caught it and answered on its own is left alone.)
             if work.timed_out is not None and status[:3] == "500" and not unavailable:
                 unavailable.append(self._unavailable(work.timed_out, environ, start_response))
                 return lambda data: None
@@ -236,7 +261,7 @@ class PoolingMiddleware:
 
         try:
             result = self.app(environ, start)
-        except PoolTimeout as exc:
+        except PoolError as exc:
             lease.release()
             if unavailable:
                 raise
@@ -276,9 +301,21 @@ class PoolingMiddleware:
         return ClosingIterable(result, lease.release)
 
     def _unavailable(
-        self, exc: PoolTimeout, environ: WSGIEnvironment, start_response: StartResponse
+        self, exc: PoolError, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        self._unavailable_log.note(exc, environ)
+        if isinstance(exc, DatabaseUnavailable):
+            # The breaker logged a WARNING when it opened: one line per request would flood.
+            logger.debug(
+                "503 for %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc
+            )
+            response = HTTPServiceUnavailable(
+                detail="The database is unreachable; please retry shortly.",
+                headers={"Retry-After": retry_after_header(exc.retry_after)},
+            )
+            return response(environ, start_response)  # type: ignore[no-any-return]
+        if not isinstance(exc, PoolTimeout):  # no other kind of PoolError gets here
+            raise exc
+        self._unavailable_log.note(exc, environ)  # one WARNING line per alias per 10 s
         response = HTTPServiceUnavailable(
             detail="The database connection pool is exhausted; please retry shortly.",
             headers={"Retry-After": "1"},
@@ -323,6 +360,65 @@ class PoolingMiddleware:
         for pool in self._pools:
             _concurrency.call_later(0.0, functools.partial(pool.prewarm, self.settings.prewarm))
 
+    # -- steering a running pool (this process) -----------------------------------------
+
+    def resize(
+        self,
+        *,
+        size: int | EllipsisType = ...,
+        max_outstanding: int | EllipsisType | None = ...,
+        alias: str | None = None,
+    ) -> None:
+        """Change ``size`` and/or ``max_outstanding`` of ``alias`` (None: every pooled
+        alias) for the checkouts from now on, checked by the constructor's rules.
+
+        A higher cap serves waiting requests at once. A lower one takes nothing back:
+        the work in flight finishes, and new checkouts wait until the count is below
+        the new cap. Idle connections beyond the new ``size`` are closed now.
+        """
+        for pool in self._chosen(alias):
+            new_size = pool.pool.size if size is ... else size
+            new_cap = pool.pool.max_outstanding if max_outstanding is ... else max_outstanding
+            PoolSettings(size=new_size, max_outstanding=new_cap)  # the constructor's rules
+            pool.pool.resize(new_size, new_cap)
+            logger.info("resized %r: size=%d max_outstanding=%s", pool.alias, new_size, new_cap)
+
+    def drain(self, alias: str | None = None) -> None:
+        """Replace every connection of ``alias`` (None: every pooled alias).
+
+        Idle connections close now; those in use close when they come back. New ones
+        are made from ``settings.DATABASES[alias]`` as it is then: change it in place
+        (e.g. its ``PASSWORD`` after rotating credentials, or its ``HOST`` after a
+        switchover), then drain. Requests go on being served throughout.
+        """
+        for pool in self._chosen(alias):
+            pool.drain()
+
+    def pause(self, alias: str | None = None) -> None:
+        """New checkouts of ``alias`` (None: every pooled alias) wait, up to ``timeout``
+        (then 503), while the work in flight finishes; for planned maintenance or a
+        switchover. :meth:`resume` serves the waiting requests in arrival order."""
+        for pool in self._chosen(alias):
+            pool.pool.pause()
+            logger.warning("paused %r: new checkouts wait until resume()", pool.alias)
+
+    def resume(self, alias: str | None = None) -> None:
+        """End :meth:`pause`: the waiting requests are served in arrival order."""
+        for pool in self._chosen(alias):
+            pool.pool.resume()
+            logger.warning("resumed %r", pool.alias)
+
+    def _chosen(self, alias: str | None) -> list[AliasPool]:
+        if alias is None:
+            return list(self._pools)
+        chosen = [pool for pool in self._pools if pool.alias == alias]
+        if not chosen:
+            raise ValueError(
+                f"alias {alias!r} is not pooled here (pooled: {list(self.aliases)!r}); "
+                f"name one of them, or None for all"
+            )
+        return chosen
+
     def stats(self) -> dict[str, dict[str, int | float | None]]:
         """This process's pool, per alias, as a flat dict of numbers.
 
@@ -341,13 +437,19 @@ class PoolingMiddleware:
         (units of work that left state on their session: reset on return, and under
         ``hold="transaction"`` kept their connection to their end),
         ``hold_seconds`` (total time connections were checked out), ``connects`` and
-        ``connect_seconds`` (connect attempts and their total time).
+        ``connect_seconds`` (connect attempts and their total time), ``rejected``
+        (turned away at ``max_waiting``), ``paused`` (1 while paused),
+        ``breaker_open`` (1 while ``fail_fast``'s breaker is open), ``unavailable``
+        (requests answered at once while it was), ``drained`` (calls of :meth:`drain`).
         """
         return {p.alias: p.stats() for p in self._pools}
 
     def close(self) -> None:
-        """Close every idle pooled connection (worker shutdown); the pool stays usable."""
+        """Close every idle pooled connection (worker shutdown), and stop ``fail_fast``'s
+        probes; the pool stays usable."""
         for pool in self._pools:
+            if pool.breaker is not None:
+                pool.breaker.stop()
             closed = pool.close_idle()
             logger.info("closed %d idle connection(s) of %r", closed, pool.alias)
 

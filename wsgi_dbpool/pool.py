@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from . import _concurrency
-from .errors import PoolTimeout
+from .errors import PoolTimeout, TooManyWaiting
 
 T = TypeVar("T")
 
@@ -45,9 +45,11 @@ DISCARDED = "discarded"  # surplus objects disposed of (over size, unusable, rea
 HOLD_SECONDS = "hold_seconds"  # seconds objects were checked out, checkout to return, in total
 CONNECTS = "connects"  # connect attempts (note_connect)
 CONNECT_SECONDS = "connect_seconds"  # seconds those attempts took, in total
+REJECTED = "rejected"  # callers turned away at once: max_waiting already waited (TooManyWaiting)
+PAUSED = "paused"  # 1 while paused (new checkouts wait), else 0
 STATS_KEYS = (
     SIZE, MAX_OUTSTANDING, IDLE, IN_USE, WAITING, CHECKOUTS, WAITS, WAIT_SECONDS, TIMEOUTS,
-    HANDOFFS, CREATED, DISCARDED, HOLD_SECONDS, CONNECTS, CONNECT_SECONDS,
+    HANDOFFS, CREATED, DISCARDED, HOLD_SECONDS, CONNECTS, CONNECT_SECONDS, REJECTED, PAUSED,
 )
 
 # Upper bounds (seconds) of the wait-time histogram; the last bucket is +Inf.
@@ -56,6 +58,16 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 # What a waiter holds until it is served: nothing yet, or a bare slot to fill itself.
 _NOTHING: object = object()
 _SLOT: object = object()
+
+
+class _FromIdle:
+    """A gift taken from the idle objects (after :meth:`Pool.resume`), with its idle time."""
+
+    __slots__ = ("obj", "since")
+
+    def __init__(self, obj: object, since: float) -> None:
+        self.obj = obj
+        self.since = since
 
 
 class _Waiter:
@@ -96,6 +108,7 @@ class _ProcessState(Generic[T]):
         "lock",
         "outstanding",
         "reaping",
+        "rejected",
         "timeouts",
         "wait_histogram",
         "wait_seconds",
@@ -112,6 +125,7 @@ class _ProcessState(Generic[T]):
         self.checkouts = 0
         self.waits = 0
         self.timeouts = 0
+        self.rejected = 0
         self.created = 0
         self.handoffs = 0
         self.discarded = 0
@@ -142,6 +156,11 @@ class Pool(Generic[T]):
     :param linger: seconds an object returned while ``size`` are already idle stays
         idle before it is disposed of (0: at once). Bursts then reuse it instead of
         closing one connection while opening the next.
+    :param max_waiting: at most this many callers wait at the cap; one more is turned
+        away at once with :class:`TooManyWaiting`. ``None``: no limit.
+
+    ``size`` and ``max_outstanding`` may change while it runs (:meth:`resize`), and it
+    may be paused (:meth:`pause`: every new checkout waits, returns go idle).
     """
 
     def __init__(
@@ -153,11 +172,14 @@ class Pool(Generic[T]):
         size: int,
         max_outstanding: int | None,
         linger: float = 0.0,
+        max_waiting: int | None = None,
     ) -> None:
         self.name = name
         self.size = size
         self.linger = linger
         self.max_outstanding = max_outstanding
+        self.max_waiting = max_waiting
+        self.paused = False
         self._create = create
         self._dispose = dispose
         self._state: _ProcessState[T] | None = None
@@ -199,7 +221,7 @@ class Pool(Generic[T]):
             state = self._new_state()
         with state.lock:
             # Newcomers never overtake waiting callers: with a queue, join its end.
-            if not state.waiters:
+            if not state.waiters and not self.paused:
                 if state.idle:
                     state.outstanding += 1
                     state.checkouts += 1
@@ -213,13 +235,22 @@ class Pool(Generic[T]):
             else:
                 waiter = _Waiter()
             if waiter is not None:
-                state.waits += 1
-                state.waiters.append(waiter)
+                if self.max_waiting is not None and len(state.waiters) >= self.max_waiting:
+                    state.rejected += 1
+                    rejected = len(state.waiters)
+                else:
+                    rejected = -1
+                    state.waits += 1
+                    state.waiters.append(waiter)
         if waiter is None:
             return self._create_in_slot(state), None
+        if rejected >= 0:  # raised outside the lock
+            raise TooManyWaiting(self.name, rejected, self.max_outstanding)
         gift = self._wait(state, waiter, timeout)
         if gift is _SLOT:
             return self._create_in_slot(state), None
+        if type(gift) is _FromIdle:
+            return gift.obj, gift.since  # type: ignore[return-value]
         # A handed-off object was in use a moment ago: it needs no health check.
         return gift, None  # type: ignore[return-value]
 
@@ -256,7 +287,8 @@ class Pool(Generic[T]):
             if gift is _SLOT:
                 self._give_back_slot(state)
             elif gift is not _NOTHING:
-                self.release(gift, reusable=True)  # type: ignore[arg-type]
+                obj = gift.obj if type(gift) is _FromIdle else gift
+                self.release(obj, reusable=True)  # type: ignore[arg-type]
             raise
         waited = time.monotonic() - started
         bucket = bisect.bisect_left(WAIT_BUCKETS, waited)
@@ -299,7 +331,7 @@ class Pool(Generic[T]):
                 # Most holds are in the first bucket: no search for them.
                 bucket = 0 if held <= WAIT_BUCKETS[0] else bisect.bisect_left(WAIT_BUCKETS, held)
                 state.hold_histogram[bucket] += 1
-            if state.waiters:
+            if state.waiters and not self.paused:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
             else:
@@ -344,7 +376,7 @@ class Pool(Generic[T]):
 
     def _give_back_slot(self, state: _ProcessState[T]) -> None:
         with state.lock:
-            if state.waiters:
+            if state.waiters and not self.paused:
                 state.waiters.popleft().serve(_SLOT)
             else:
                 state.outstanding -= 1
@@ -355,7 +387,7 @@ class Pool(Generic[T]):
         straight to a waiter. False: no room, the caller disposes of it."""
         state = self._current()
         with state.lock:
-            if state.waiters:
+            if state.waiters and not self.paused:
                 state.outstanding += 1
                 state.created += 1
                 state.handoffs += 1
@@ -388,6 +420,48 @@ class Pool(Generic[T]):
         for obj in idle:
             self._dispose(obj)
         return len(idle)
+
+    def resize(self, size: int, max_outstanding: int | None) -> None:
+        """Apply new limits to the checkouts from now on. A higher cap serves waiters at
+        once; a lower one lets the checkouts in flight finish (they are not taken back,
+        their returns go idle or are disposed of); idle objects beyond the new ``size``
+        are disposed of now."""
+        state = self._current()
+        with state.lock:
+            self.size = size
+            self.max_outstanding = max_outstanding
+            self._serve_waiters(state)
+            surplus = []
+            while len(state.idle) > size:
+                surplus.append(state.idle.popleft()[0])  # the longest idle first
+            state.discarded += len(surplus)
+        for obj in surplus:
+            self._dispose(obj)
+
+    def pause(self) -> None:
+        """New checkouts wait (bounded by their timeout); those in flight go on."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """End a :meth:`pause`: the waiters are served, in arrival order."""
+        state = self._current()
+        with state.lock:
+            self.paused = False
+            self._serve_waiters(state)
+
+    def _serve_waiters(self, state: _ProcessState[T]) -> None:
+        """Serve waiters from the idle objects, then with free slots (under the lock)."""
+        waiters, idle = state.waiters, state.idle
+        while waiters and not self.paused:
+            if idle:
+                obj, since = idle.pop()
+                gift: object = _FromIdle(obj, since)
+            elif self.max_outstanding is None or state.outstanding < self.max_outstanding:
+                gift = _SLOT
+            else:
+                return
+            state.outstanding += 1
+            waiters.popleft().serve(gift)
 
     def count(self, event: str) -> None:
         """Count an event of the caller's policy (per process, like every counter here)."""
@@ -443,6 +517,8 @@ class Pool(Generic[T]):
                 HOLD_SECONDS: round(state.hold_seconds, 6),
                 CONNECTS: state.connects,
                 CONNECT_SECONDS: round(state.connect_seconds, 6),
+                REJECTED: state.rejected,
+                PAUSED: int(self.paused),
                 **state.events,
             }
 

@@ -10,7 +10,9 @@ Two ways in, for the two ways gunicorn runs:
   ``interval`` seconds (gauges summed over live workers, counters added up).
 
 Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
-``wsgi_dbpool_waiting``, ``wsgi_dbpool_max_outstanding`` (gauges);
+``wsgi_dbpool_waiting``, ``wsgi_dbpool_max_outstanding``, ``wsgi_dbpool_paused``,
+``wsgi_dbpool_breaker_open`` (gauges); ``wsgi_dbpool_rejected_total``,
+``wsgi_dbpool_unavailable_total``, ``wsgi_dbpool_drained_total``,
 ``wsgi_dbpool_opened_total``, ``wsgi_dbpool_closed_total``,
 ``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
 ``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total``, ``wsgi_dbpool_broken_total``,
@@ -36,7 +38,8 @@ from prometheus_client.core import (
 )
 
 from . import _concurrency
-from .pool import CHECKOUTS, IDLE, IN_USE, MAX_OUTSTANDING, TIMEOUTS, WAITING, Pool
+from .alias_pool import BREAKER_OPEN
+from .pool import CHECKOUTS, IDLE, IN_USE, MAX_OUTSTANDING, PAUSED, REJECTED, TIMEOUTS, WAITING, Pool
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -49,10 +52,13 @@ GAUGES = {
     IN_USE: "Connections checked out by requests",
     WAITING: "Requests waiting for a connection",
     MAX_OUTSTANDING: "The cap on connections checked out at once (0: none)",
+    PAUSED: "1 while the pool is paused (new checkouts wait)",
+    BREAKER_OPEN: "1 while fail_fast's breaker is open (the database was unreachable)",
 }
 COUNTERS = {
     CHECKOUTS: "Connections handed to requests",
     TIMEOUTS: "Requests that gave up waiting (503 or PoolTimeout)",
+    REJECTED: "Requests turned away at once at max_waiting (503 or TooManyWaiting)",
     # events counted by the Django policy (wsgi_dbpool.alias_pool.POLICY_EVENTS)
     "opened": "Server connections opened by pooled wrappers",
     "closed": "Server connections closed by pooled wrappers",
@@ -64,6 +70,8 @@ COUNTERS = {
     "failovers": "Read-only or failover errors that closed the alias's connections",
     "pinned": "Units of work that left state on their session: reset on return, and kept "
     "their connection to their end under hold='transaction'",
+    "unavailable": "Requests answered at once while the breaker was open (503 or DatabaseUnavailable)",
+    "drained": "Calls of drain(): every connection replaced",
 }
 # name: (help, the Pool method that reads it, the OpenTelemetry metric it matches)
 HISTOGRAMS = {

@@ -38,6 +38,9 @@ class PoolSettings:
     lifetime_jitter: float = 0.1
     ping_timeout: float | None = 5.0
     session_state: SessionStateMode = "pin"
+    fail_fast: bool = True
+    max_waiting: int | None = None
+    statement_timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -83,6 +86,7 @@ class PoolSettings:
                 f"such statements: to find them, in CI) or 'ignore' (see nothing, reset nothing)"
             )
         self._check_lifecycle()
+        self._check_limits()
 
     def _check_lifecycle(self) -> None:
         check_int("prewarm", self.prewarm, minimum=0)
@@ -102,6 +106,20 @@ class PoolSettings:
             )
         check_positive_seconds(
             "ping_timeout", self.ping_timeout, "to let the health check wait as long as the driver does"
+        )
+
+    def _check_limits(self) -> None:
+        if not isinstance(self.fail_fast, bool):
+            raise TypeError(f"fail_fast must be True or False, got {self.fail_fast!r}")
+        if self.max_waiting is not None:
+            check_int("max_waiting", self.max_waiting, minimum=0)
+            if self.max_outstanding is None:
+                raise ValueError(
+                    f"max_waiting={self.max_waiting} needs max_outstanding: with no cap no "
+                    f"request ever waits; set max_outstanding, or leave max_waiting None"
+                )
+        check_positive_seconds(
+            "statement_timeout", self.statement_timeout, "to let statements run as long as the server allows"
         )
 
 
