@@ -51,9 +51,9 @@ CORE := -m 'not slow and not demo and not celery'
 CORE_FILES := tests/test_internals.py tests/test_backends.py tests/test_hold.py tests/test_gunicorn.py \
 	tests/test_clean.py
 # The second lane: Django's own suite through the pool, then the other long files (Celery, the
-# demo in Chromium, the bench smoke, the packaging, the isolation table); the first lane has the rest.
+# demo in Chromium, the bench smoke, the packaging); the first lane has the rest.
 LANE2_FILES := tests/test_django_suite.py tests/test_bench_smoke.py tests/test_celery.py tests/demo \
-	tests/test_packaging.py tests/test_isolation_table.py
+	tests/test_packaging.py
 MAIN_ARGS := -m 'not bench' $(foreach f,$(LANE2_FILES),--ignore=$(f))
 OTHERS := $(shell mktemp -u /tmp/wsgi_dbpool-others.XXXXXX)
 test:

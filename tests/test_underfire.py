@@ -92,8 +92,13 @@ def test_database_down_under_load_fails_fast_probes_once_per_step_and_recovers(
     assert len(during) > 1500
     assert {r[2] for r in during} == {503}
     assert all(r[3] is not None and int(r[3]) >= 1 for r in during)
-    slowest = max(r[1] - r[0] for r in during)
-    assert slowest < 0.1, f"a 503 took {slowest:.3f}s"
+    # At once: no 503 waits on I/O (a connect would take seconds). The bound is on the 99th
+    # percentile, and the slowest gets 1 s: 200 greenlets share one process, and make test runs
+    # three lanes on two cores, so the OS can stall the whole process for a moment.
+    took = sorted(r[1] - r[0] for r in during)
+    p99 = took[int(len(took) * 0.99)]
+    assert p99 < 0.1, f"99% of the 503s took up to {p99:.3f}s"
+    assert took[-1] < 1.0, f"a 503 took {took[-1]:.3f}s"
     # Connects counted at the proxy: at most one per backoff step (>= 0.4 s apart).
     probes = [t for t in proxy.accepted if settled < t < up_at]
     assert len(probes) <= 5, probes

@@ -175,7 +175,7 @@ def test_the_celery_worker_shows_beside_the_gunicorn_workers(start_demo, browser
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGINT)  # as Ctrl-C: the worker's warm shutdown
-            worker.wait(timeout=60)
+            worker.wait(timeout=90)  # demo.worker gives Celery 30 s, then kills it
     # Its file is gone with it: the page drops it at once.
     assert not [p for p in pool_dir.glob("*.json") if str(celery["pid"]) in p.name]
     assert demo.stop() == 0
