@@ -20,6 +20,9 @@ from demo.__main__ import ROOT, database, run_django
 
 
 def main() -> None:
+    # Ctrl-C (SIGINT) stops everything this started, also when a shell started us in the
+    # background, where SIGINT comes ignored (make test's lanes do).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="python -m demo.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--exports", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=50)
