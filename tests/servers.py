@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,11 +38,35 @@ _SBIN = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 # -- ports ----------------------------------------------------------------------------
 
 
+_PORTS = random.Random()  # its own: the tests' seeded sequences must not see these draws
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nobody has bound right now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the range it also gives every outgoing
+    connection: with suites running side by side (make test's lanes), a client socket could
+    take it before the server binds it ("Address already in use"). Below the range only
+    servers bind, each checked free here.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORTS.randrange(20000, low) if low > 20100 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free loopback port found below {low}")
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
