@@ -89,10 +89,12 @@ def test_connections_opened_together_are_replaced_over_a_spread(make_app, db):
     # lifetime, which is when its last use ended.
     lifetimes = sorted(last_used[i] - opened[i] for i in opened)
     # Each drawn from [1.0, 2.0] s, give or take a request; all alike (no jitter) would
-    # span ~0.1 s.
+    # span ~0.1 s. On a loaded machine (make test runs three lanes on two cores) requests
+    # slow down and each connection's last use falls further before its expiry, which
+    # squeezes the measured spread (0.31 s seen once): 0.25 s still tells jitter from none.
     assert lifetimes[0] >= 1.0 - 0.1, lifetimes
     assert lifetimes[-1] <= 2.0 + 0.5, lifetimes
-    assert lifetimes[-1] - lifetimes[0] >= 0.5, lifetimes
+    assert lifetimes[-1] - lifetimes[0] >= 0.25, lifetimes
 
 
 def test_a_connection_past_its_lifetime_is_not_handed_out(make_app, db):
