@@ -47,6 +47,8 @@ def publish(application: Any, every: float = EVERY, kind: str = "gunicorn") -> N
     target = folder / f"{os.getpid()}.json"
 
     def write() -> None:
+        if _stopped.is_set():  # removed: a timer that fires later must not bring it back
+            return
         body = {"pid": os.getpid(), "kind": kind, "time": time.time(), "aliases": application.stats()}
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(body))
@@ -58,8 +60,14 @@ def publish(application: Any, every: float = EVERY, kind: str = "gunicorn") -> N
     write()
 
 
+# Set by remove(): the worker is stopping, its numbers stay off the page.
+_stopped = threading.Event()
+
+
 def remove() -> None:
-    """In a worker that stops: its numbers leave the page at once."""
+    """In a worker that stops: its numbers leave the page at once, and no timer still
+    pending writes them back (a slow shutdown outlived one, seen in CI)."""
+    _stopped.set()
     folder = _folder()
     if folder is not None:
         with contextlib.suppress(OSError):

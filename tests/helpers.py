@@ -33,13 +33,16 @@ class Backend:
 
 
 def wait_until(
-    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
+    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition",
+    state: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``predicate`` cooperatively until it is true; AssertionError after ``timeout``."""
+    """Poll ``predicate`` cooperatively until it is true; AssertionError after ``timeout``,
+    naming ``what`` and, if given, what ``state()`` reads then (so a CI log says why)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+            seen = f"; seen: {state()!r}" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}{seen}")
         gevent.sleep(0.01)
 
 

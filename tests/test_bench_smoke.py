@@ -22,7 +22,7 @@ def test_compare_quick_smoke(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "bench.compare", "--quick", "--seconds", "1",
          "--stacks", "persistent,wsgi_dbpool,wsgi_dbpool_transaction",
-         "--scenarios", "throughput,streaming,storm,io",
+         "--scenarios", "throughput,steady,streaming,storm,io",
          "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         timeout=540,
@@ -38,9 +38,12 @@ def test_compare_quick_smoke(tmp_path):
     per_transaction = results["wsgi_dbpool_transaction"]["io"]
     assert per_transaction["errors"] == 0 and 0 < per_transaction["peak"] <= 20
     assert out.with_suffix(".png").stat().st_size > 10_000
-    # CPU per request, read by the worker itself, and its ratio to persistent connections
+    # CPU per request, read by the worker itself, and its ratio to persistent connections. The
+    # ratio is read at 10 clients: under gevent, persistent connections open anew for each
+    # of wrk's client connections, and CI once saw 50 of them still connecting when a 1 s
+    # window closed (no request completed in it, so no ratio).
     assert ours["throughput"]["cpu_us"] > 0 and ours["throughput"]["cpu_requests"] > 0
-    assert ours["throughput"]["cpu_vs_baseline"] > 0
+    assert ours["steady"]["cpu_vs_baseline"] > 0
     assert "## CPU per request" in done.stdout
 
 

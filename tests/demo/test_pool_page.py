@@ -140,18 +140,21 @@ def test_the_celery_worker_shows_beside_the_gunicorn_workers(start_demo, browser
         )
     try:
         wait_until(lambda: "worker running" in log.read_text() or worker.poll() is not None,
-                   timeout=120, what="the Celery worker's exports done")
+                   timeout=180, what="the Celery worker's exports done",
+                   state=lambda: log.read_text()[-2000:])
         assert worker.poll() is None, log.read_text()
         browser.get(f"http://{demo.address}/pool/")
         wait_until(lambda: {r["kind"] for r in rows(browser)} == {"gunicorn", "celery"}
-                   and len(rows(browser)) == 3, timeout=20, what="two gunicorn workers and Celery's")
+                   and len(rows(browser)) == 3, timeout=60, what="two gunicorn workers and Celery's",
+                   state=lambda: (rows(browser), sorted(p.name for p in pool_dir.iterdir())))
 
         def celery_row() -> dict:
             [row] = [r for r in rows(browser) if r["kind"] == "celery"]
             return row
 
         # 40 exports and 2 pool_stats tasks, each a checkout (published twice a second).
-        wait_until(lambda: celery_row()["checkouts"] == 42, timeout=10, what="every task counted")
+        wait_until(lambda: celery_row()["checkouts"] == 42, timeout=30, what="every task counted",
+                   state=lambda: (celery_row(), log.read_text()[-2000:]))
         celery = celery_row()
         # The process the page names is the Celery worker, as the system knows it.
         command = Path(f"/proc/{celery['pid']}/cmdline").read_bytes().split(b"\0")
@@ -177,5 +180,6 @@ def test_the_celery_worker_shows_beside_the_gunicorn_workers(start_demo, browser
             worker.send_signal(signal.SIGINT)  # as Ctrl-C: the worker's warm shutdown
             worker.wait(timeout=90)  # demo.worker gives Celery 30 s, then kills it
     # Its file is gone with it: the page drops it at once.
-    assert not [p for p in pool_dir.glob("*.json") if str(celery["pid"]) in p.name]
+    left = [p.name for p in pool_dir.glob("*.json") if str(celery["pid"]) in p.name]
+    assert not left, (left, log.read_text()[-3000:])
     assert demo.stop() == 0
