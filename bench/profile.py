@@ -46,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="recorded seconds")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--out", help="the SVG; default docs/flame-BACKEND-STACK-VIEW.svg")
+    parser.add_argument("--raw", action="store_true",
+                        help="write py-spy's collapsed stacks (.txt) instead of the SVG, and print "
+                             "the share of samples under wsgi_dbpool's own frames")
     args = parser.parse_args()
     problem = unusable([args.stack], [], args.backend)
     if problem:
@@ -56,11 +59,29 @@ def parse_args() -> argparse.Namespace:
 
 
 def record(pid: int, args: argparse.Namespace) -> None:
-    subprocess.run(
-        [py_spy(), "record", "--pid", str(pid), "--duration", str(round(args.seconds)),
-         "--rate", str(args.rate), "--format", "flamegraph", "--output", str(args.out)],
-        check=True, stdout=subprocess.DEVNULL,
-    )
+    command = [py_spy(), "record", "--pid", str(pid), "--duration", str(round(args.seconds)),
+               "--rate", str(args.rate)]
+    kind, out = ("raw", args.out.with_suffix(".txt")) if args.raw else ("flamegraph", args.out)
+    subprocess.run([*command, "--format", kind, "--output", str(out)], check=True, stdout=subprocess.DEVNULL)
+
+
+def shares(collapsed: Path, marker: str = "wsgi_dbpool/") -> tuple[float, dict[str, float]]:
+    """From py-spy's collapsed stacks: the share of samples with a ``marker`` frame anywhere
+    in the stack, and the share per function of the frames under it (inclusive)."""
+    total = mine = 0
+    per_function: dict[str, int] = {}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        ours = [f for f in frames if marker in f]
+        if ours:
+            mine += count
+            for frame in dict.fromkeys(ours):
+                per_function[frame] = per_function.get(frame, 0) + count
+    top = dict(sorted(((f, c / total) for f, c in per_function.items()), key=lambda x: -x[1])[:15])
+    return (mine / total if total else 0.0), top
 
 
 def main() -> None:
@@ -81,7 +102,13 @@ def main() -> None:
     cpu_us = 1e6 * (last["cpu"] - first["cpu"]) / max(1, requests)
     print(f"{args.stack} {path} {args.clients} clients on {args.backend}, under py-spy at {args.rate}/s: "
           f"{result['rps']:.0f} requests/s, {cpu_us:.0f} µs of worker CPU per request, "
-          f"{result['non_2xx'] + result['socket_errors']} errors\nflame graph: {args.out}")
+          f"{result['non_2xx'] + result['socket_errors']} errors\n"
+          f"recorded: {args.out.with_suffix('.txt') if args.raw else args.out}")
+    if args.raw:
+        share, top = shares(args.out.with_suffix(".txt"))
+        print(f"samples under wsgi_dbpool's frames: {share:.1%}")
+        for frame, part in top.items():
+            print(f"  {part:6.1%}  {frame}")
 
 
 if __name__ == "__main__":
