@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.databases import BenchDatabase, bench_database  # noqa: E402
-from tests.servers import Gunicorn, PeakSampler, child_env, ensure_binary  # noqa: E402
+from testbed.servers import Gunicorn, PeakSampler, child_env, ensure_binary  # noqa: E402
 
 __all__ = [
     "ROOT", "BenchDatabase", "PeakSampler", "Server", "bench_database", "ensure_wrk", "run_wrk", "serving",

@@ -2,7 +2,7 @@
 
 Two gunicorn gevent workers (``bench.djsite``, wsgi_dbpool, size 4, max_outstanding 20)
 in front of two throwaway MariaDB servers, reached through a TCP proxy
-(``tests.faultproxy``) that sends new connections to the current primary. Five ``wrk``
+(``testbed.faultproxy``) that sends new connections to the current primary. Five ``wrk``
 loads run all along (indexed queries, 50 ms holds, streamed responses, writes, a
 database-free view); every ``--fault-every`` seconds a fault is injected in turn on the
 current primary: KILL of every app connection, a MariaDB restart, a short
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import ROOT, Server, ensure_wrk, run_wrk
-from tests.mariadb import MariaDBServer, ensure_installed
+from testbed.mariadb import MariaDBServer, ensure_installed
 
 
 def workers_of(master: int) -> list[int]:
@@ -72,9 +72,9 @@ SCHEMA = (
 
 @contextlib.contextmanager
 def proxy(target: int, alternate: int) -> Any:
-    """``tests.faultproxy`` in its own process; yields (its port, its process)."""
+    """``testbed.faultproxy`` in its own process; yields (its port, its process)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.faultproxy", "--target", str(target),
+        [sys.executable, "-m", "testbed.faultproxy", "--target", str(target),
          "--alternate", str(alternate)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
