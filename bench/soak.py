@@ -224,6 +224,18 @@ def main() -> None:
     write_report(args, samples, faults, loads, end, failed, too_many)
 
 
+def sample_rows(samples: list[dict[str, Any]], sample_every: float) -> list[str]:
+    """The samples' table rows, one every 30 seconds."""
+    step = max(1, int(30 / sample_every))
+    return [
+        f"| {s['t']} | {s['server_connections']} | {s['on_standby']} | {s['in_use']} | "
+        f"{s['idle']} | {s['waiting']} | {s['timeouts']} | {s['stale']} | {s['failovers']} | "
+        f"{', '.join(map(str, s['rss_mb'].values()))} | "
+        f"{', '.join(map(str, s['fds'].values()))} |"
+        for s in samples[::step]
+    ]
+
+
 def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults: list[str],
                  loads: dict[str, dict[str, Any]], end: dict[str, Any], failed: int, too_many: int) -> None:
     warm = samples[min(len(samples) - 1, max(1, int(60 / args.sample_every)))]  # a minute in
@@ -276,14 +288,7 @@ def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults
         "| stale | failovers | RSS MB (per worker) | fds |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    step = max(1, int(30 / args.sample_every))
-    for s in samples[::step]:
-        lines.append(
-            f"| {s['t']} | {s['server_connections']} | {s['on_standby']} | {s['in_use']} | "
-            f"{s['idle']} | {s['waiting']} | {s['timeouts']} | {s['stale']} | {s['failovers']} | "
-            f"{', '.join(map(str, s['rss_mb'].values()))} | "
-            f"{', '.join(map(str, s['fds'].values()))} |"
-        )
+    lines += sample_rows(samples, args.sample_every)
     verdict = "nothing grew" if all(checks.values()) else "SOMETHING GREW OR LEAKED"
     lines += ["", f"Verdict: **{verdict}**."]
     text = "\n".join(lines) + "\n"
