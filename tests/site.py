@@ -167,6 +167,10 @@ def spawn(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"ids": [job.value for job in jobs]})
 
 
+# How many /io/ requests are inside their wait at once (this process), and the most seen.
+IO_WAITING = {"now": 0, "peak": 0}
+
+
 def io(request: HttpRequest) -> HttpResponse:
     """A query, a 50 ms wait on something else (an HTTP API, say), another query."""
     import gevent
@@ -175,7 +179,12 @@ def io(request: HttpRequest) -> HttpResponse:
     first = _backend_id(alias)
     middleware = request.META.get("wsgi_dbpool.middleware")
     in_use = middleware.stats()[alias]["in_use"] if middleware else None
-    gevent.sleep(float(request.GET.get("wait", "0.05")))
+    IO_WAITING["now"] += 1
+    IO_WAITING["peak"] = max(IO_WAITING["peak"], IO_WAITING["now"])
+    try:
+        gevent.sleep(float(request.GET.get("wait", "0.05")))
+    finally:
+        IO_WAITING["now"] -= 1
     return JsonResponse({"first": first, "second": _backend_id(alias), "in_use_while_waiting": in_use})
 
 

@@ -132,7 +132,7 @@ def test_2_session_reset_on_postgresql_gives_back_a_connection_like_a_fresh_one(
     app = make_app(size=1, reset="session", aliases=["pg_tuned"])
     with serve(app) as address:
         fresh = _run(app, address, _PG_SESSION_PROBE, alias="pg_tuned")
-        _run(app, address, "SET statement_timeout = 1", "SET TIME ZONE '+05'",
+        _run(app, address, "SET statement_timeout = 54321", "SET TIME ZONE '+05'",
              "SET search_path = pg_catalog", alias="pg_tuned")
         reset = _run(app, address, _PG_SESSION_PROBE, alias="pg_tuned")
     assert reset["id"] == fresh["id"]  # reset, not reconnected

@@ -14,6 +14,7 @@ import gevent
 import pytest
 
 from testbed.servers import PeakSampler
+from tests import site
 from tests.helpers import call, environ_for, get, serve, wait_until
 
 pytestmark = pytest.mark.mariadb
@@ -192,15 +193,16 @@ def test_close_in_the_middle_gives_the_slot_back(make_app, db):
 @pytest.mark.slow  # version-agnostic and long: once, on the newest Django
 def test_300_clients_share_5_connections_between_their_queries(make_app, db):
     app = make_app(size=2, max_outstanding=5, timeout=30, hold="transaction")
+    site.IO_WAITING["peak"] = 0
     with PeakSampler(db, every=0.005) as peak, serve(app) as address:
-        started = time.monotonic()
         jobs = [gevent.spawn(get, address, "/io/", timeout=60) for _ in range(300)]
         gevent.joinall(jobs, timeout=90, raise_error=True)
-        elapsed = time.monotonic() - started
     assert [job.value.status for job in jobs] == [200] * 300
     assert 0 < peak.peak <= 5
-    # Held for the whole request, 300 × 50 ms over 5 connections needs 3 s at least.
-    assert elapsed < 3.0
+    # Held for the whole request, at most 5 requests could wait at once (one per connection:
+    # seen, 5); freed between statements, many more wait side by side. A count, not a clock:
+    # three test lanes on two cores stretched the old 3 s bound (300 × 50 ms over 5) past itself.
+    assert site.IO_WAITING["peak"] > 10
     wait_until(lambda: db.connection_count("app") <= 2, timeout=15, what="at most size left")
 
 
