@@ -41,8 +41,9 @@ class Server(Gunicorn):
         self.stack = stack
         super().__init__(
             "bench.djsite:application", config="bench/gunicorn_conf.py",
-            env=child_env(BENCH_STACK=stack, BENCH_BACKEND=getattr(db, "backend", "mariadb"),
-                          BENCH_DB_PORT=str(db.port), **env),
+            # ``env`` may override the defaults: bench.soak points BENCH_DB_PORT at its proxy
+            env=child_env(**{"BENCH_STACK": stack, "BENCH_BACKEND": getattr(db, "backend", "mariadb"),
+                             "BENCH_DB_PORT": str(db.port), **env}),
         )
         self.wait_listening()
 
