@@ -61,7 +61,7 @@ test:
 	$(MAKE) --no-print-directory $(STAMP) || exit 1; \
 	( $(MAKE) --no-print-directory test-others OTHERS_WAIT=$(OTHERS).apt > $(OTHERS).log 2>&1; \
 	  echo $$? > $(OTHERS).rc ) & \
-	$(BIN)/python -c "from tests.servers import ensure_all_installed; ensure_all_installed()"; \
+	$(BIN)/python -c "from testbed.servers import ensure_all_installed; ensure_all_installed()"; \
 	touch $(OTHERS).apt; \
 	( $(MAKE) --no-print-directory test-one PYTEST_ARGS="-m 'not bench' $(LANE2_FILES)" \
 	  > $(OTHERS).suite.log 2>&1; \
@@ -88,11 +88,11 @@ test-others:
 	$(MAKE) --no-print-directory test-one PY=3.11 DJANGO=5.2 LOWEST=1 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
 
 test-one: $(STAMP)
-	$(BIN)/python -c "from tests.mariadb import ensure_installed; ensure_installed()"
+	$(BIN)/python -c "from testbed.mariadb import ensure_installed; ensure_installed()"
 	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check wsgi_dbpool tests bench demo
+	$(BIN)/ruff check wsgi_dbpool testbed tests bench demo
 	$(BIN)/mypy
 
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -2,7 +2,7 @@
 
     python -m bench.celery [--tasks 300] [--rounds 3] [--wait 0.05] [--output docs/celery.md]
 
-One ``celery worker -P gevent -c 50`` per stack (``tests.celery_project``, with
+One ``celery worker -P gevent -c 50`` per stack (``testbed.celery_project``, with
 ``DJANGO_SETTINGS_MODULE`` set so Celery's own Django fixup is active), a throwaway Redis
 broker and a throwaway MariaDB. Each round sends ``--tasks`` tasks at once; each task
 runs one query, then waits ``--wait`` seconds (other I/O) before it ends. After a
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.celery_harness import USER, CeleryWorker, client_app, create_worker_user, user_connections
-from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql
-from tests.redis import RedisServer
-from tests.redis import ensure_installed as ensure_redis
+from testbed.celery_harness import USER, CeleryWorker, client_app, create_worker_user, user_connections
+from testbed.mariadb import MariaDBServer, ensure_installed, install_pymysql
+from testbed.redis import RedisServer
+from testbed.redis import ensure_installed as ensure_redis
 
 STACKS: list[tuple[str, dict[str, Any] | None]] = [
     ("Celery's Django fixup alone (a connect per task)", None),

@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.databases import BACKENDS
 from bench.harness import ROOT, BenchDatabase, PeakSampler, Server, bench_database, run_wrk, serving
-from tests.servers import child_env
+from testbed.servers import child_env
 
 STACKS = {
     "per_request": "CONN_MAX_AGE=0, no pool",

@@ -18,11 +18,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from tests.mariadb import MariaDBServer
-from tests.mariadb import ensure_installed as ensure_mariadb
-from tests.postgres import PostgresServer
-from tests.postgres import ensure_installed as ensure_postgres
-from tests.servers import ensure_binary
+from testbed.mariadb import MariaDBServer
+from testbed.mariadb import ensure_installed as ensure_mariadb
+from testbed.postgres import PostgresServer
+from testbed.postgres import ensure_installed as ensure_postgres
+from testbed.servers import ensure_binary
 
 __all__ = ["BACKENDS", "BenchDatabase", "bench_database"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tests.servers import site_settings
+from testbed.servers import site_settings
 
 STACK = os.environ.get("BENCH_STACK", "wsgi_dbpool")
 BACKEND = os.environ.get("BENCH_BACKEND", "mariadb")
@@ -40,7 +40,7 @@ _CLOSE_PER_REQUEST = ("per_request", "sqlalchemy", "django_pool", "geventpool")
 def _mariadb(port: str) -> dict[str, Any]:
     import pymysql
 
-    from tests.mariadb import mysql_settings
+    from testbed.mariadb import mysql_settings
 
     pymysql.install_as_MySQLdb()
     database = mysql_settings(port, conn_max_age=0 if STACK in _CLOSE_PER_REQUEST else 60)
@@ -56,7 +56,7 @@ def _mariadb(port: str) -> dict[str, Any]:
 
 
 def _postgresql(port: str) -> dict[str, Any]:
-    from tests.postgres import postgres_settings
+    from testbed.postgres import postgres_settings
 
     # No server-side cursors on any stack: hold="transaction" requires it (a cursor would outlive
     # its statement's connection), so every stack gets the same setting.

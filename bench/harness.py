@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.databases import BenchDatabase, bench_database  # noqa: E402
-from tests.servers import Gunicorn, PeakSampler, child_env, ensure_binary  # noqa: E402
+from testbed.servers import Gunicorn, PeakSampler, child_env, ensure_binary  # noqa: E402
 
 __all__ = [
     "ROOT", "BenchDatabase", "PeakSampler", "Server", "bench_database", "ensure_wrk", "run_wrk", "serving",
@@ -41,8 +41,9 @@ class Server(Gunicorn):
         self.stack = stack
         super().__init__(
             "bench.djsite:application", config="bench/gunicorn_conf.py",
-            env=child_env(BENCH_STACK=stack, BENCH_BACKEND=getattr(db, "backend", "mariadb"),
-                          BENCH_DB_PORT=str(db.port), **env),
+            # ``env`` may override the defaults: bench.soak points BENCH_DB_PORT at its proxy
+            env=child_env(**{"BENCH_STACK": stack, "BENCH_BACKEND": getattr(db, "backend", "mariadb"),
+                             "BENCH_DB_PORT": str(db.port), **env}),
         )
         self.wait_listening()
 

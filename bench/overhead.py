@@ -34,7 +34,7 @@ def setup_django(path: str) -> None:
     import django
     from django.conf import settings
 
-    from tests.servers import site_settings
+    from testbed.servers import site_settings
 
     settings.configure(**site_settings(
         {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "CONN_MAX_AGE": None}},

@@ -19,8 +19,8 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.mariadb import MariaDBServer, ensure_installed, install_pymysql  # noqa: E402
-from tests.servers import site_settings  # noqa: E402
+from testbed.mariadb import MariaDBServer, ensure_installed, install_pymysql  # noqa: E402
+from testbed.servers import site_settings  # noqa: E402
 
 
 def median_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]

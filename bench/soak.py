@@ -2,7 +2,7 @@
 
 Two gunicorn gevent workers (``bench.djsite``, wsgi_dbpool, size 4, max_outstanding 20)
 in front of two throwaway MariaDB servers, reached through a TCP proxy
-(``tests.faultproxy``) that sends new connections to the current primary. Five ``wrk``
+(``testbed.faultproxy``) that sends new connections to the current primary. Five ``wrk``
 loads run all along (indexed queries, 50 ms holds, streamed responses, writes, a
 database-free view); every ``--fault-every`` seconds a fault is injected in turn on the
 current primary: KILL of every app connection, a MariaDB restart, a short
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import ROOT, Server, ensure_wrk, run_wrk
-from tests.mariadb import MariaDBServer, ensure_installed
+from testbed.mariadb import MariaDBServer, ensure_installed
 
 
 def workers_of(master: int) -> list[int]:
@@ -72,9 +72,9 @@ SCHEMA = (
 
 @contextlib.contextmanager
 def proxy(target: int, alternate: int) -> Any:
-    """``tests.faultproxy`` in its own process; yields (its port, its process)."""
+    """``testbed.faultproxy`` in its own process; yields (its port, its process)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.faultproxy", "--target", str(target),
+        [sys.executable, "-m", "testbed.faultproxy", "--target", str(target),
          "--alternate", str(alternate)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
@@ -86,18 +86,127 @@ def proxy(target: int, alternate: int) -> Any:
         process.wait(timeout=10)
 
 
-def main() -> None:
+FAULTS = ("kill", "restart", "wait_timeout", "failover")
+# (name, path, clients) of the five wrk loads
+LOADS = (("query", "/query/", 20), ("hold", "/hold/", 50), ("stream", "/stream/", 5),
+         ("write", "/write/", 5), ("nodb", "/nodb/", 5))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--fault-every", type=float, default=60)
     parser.add_argument("--sample-every", type=float, default=5)
     parser.add_argument("--out", default=str(ROOT / "docs" / "soak.md"))
-    args = parser.parse_args()
-    seconds = args.minutes * 60
+    return parser.parse_args()
 
+
+class Servers:
+    """The two MariaDB servers behind the proxy: which one is the primary now, and the faults
+    injected on it."""
+
+    def __init__(self, db: MariaDBServer, other: MariaDBServer, proxy_process: subprocess.Popen[str]) -> None:
+        self.both = (db, other)
+        self.primary, self.standby = db, other
+        self.proxy_process = proxy_process
+
+    def inject(self, kind: str) -> None:
+        primary = self.primary
+        if kind == "kill":
+            primary.kill_user("app")
+        elif kind == "restart":
+            primary.restart()
+        elif kind == "wait_timeout":
+            primary.set_global("wait_timeout", 2)
+            threading.Timer(10, lambda p=primary: p.set_global("wait_timeout", 28800)).start()
+        else:  # the standby takes over; the old primary stays up, read-only
+            self.standby.set_global("read_only", 0)
+            self.proxy_process.send_signal(signal.SIGUSR1)
+            primary.set_global("read_only", 1)
+            self.primary, self.standby = self.standby, primary
+
+    def connections(self) -> int:
+        """The app's connections on both servers."""
+        return sum(server.connection_count("app") for server in self.both)
+
+
+def sample(servers: Servers, server: Server, elapsed: float) -> dict[str, Any]:
+    """One row of the samples: the servers' connections, each worker's RSS and fds, the pools."""
+    workers = workers_of(server.process.pid)
+    stats = pool_stats(server.url, len(workers)).values()
+    return {
+        "t": round(elapsed),
+        "server_connections": servers.connections(),
+        "on_standby": servers.standby.connection_count("app"),
+        "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
+        "fds": {pid: fds(pid) for pid in workers},
+        **{key: sum(s[key] for s in stats) for key in ("in_use", "idle", "waiting", "timeouts", "stale")},
+        "failovers": sum(s.get("failovers", 0) for s in stats),
+    }
+
+
+def final_state(servers: Servers, server: Server) -> dict[str, Any]:
+    """What is left once the load stopped and linger passed."""
+    workers = workers_of(server.process.pid)
+    final = pool_stats(server.url, len(workers))
+    return {
+        "server_connections": servers.connections(),
+        "on_standby": servers.standby.connection_count("app"),
+        "failovers": {pid: s.get("failovers", 0) for pid, s in final.items()},
+        "in_use": sum(s["in_use"] for s in final.values()),
+        "idle": sum(s["idle"] for s in final.values()),
+        "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
+        "fds": {pid: fds(pid) for pid in workers},
+    }
+
+
+def start_loads(server: Server, seconds: float, loads: dict[str, dict[str, Any]]) -> list[threading.Thread]:
+    """The five wrk loads, each in a thread that puts its result in ``loads``."""
+    def load(name: str, path: str, clients: int) -> None:
+        loads[name] = run_wrk(server.url + path, clients=clients, seconds=seconds, threads=1)
+
+    threads = [threading.Thread(target=load, args=args_, daemon=True) for args_ in LOADS]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def faults_and_samples(args: argparse.Namespace, seconds: float, servers: Servers,
+                       server: Server) -> tuple[list[dict[str, Any]], list[str]]:
+    """Until ``seconds`` have passed: a fault every ``--fault-every`` (none in the last one, a
+    calm end), a sample every ``--sample-every``."""
     samples: list[dict[str, Any]] = []
     faults: list[str] = []
+    started = time.monotonic()
+    next_fault = args.fault_every
+    while time.monotonic() - started < seconds:
+        elapsed = time.monotonic() - started
+        if elapsed >= next_fault and elapsed < seconds - args.fault_every:  # calm end
+            kind = FAULTS[len(faults) % len(FAULTS)]
+            faults.append(f"{elapsed:.0f}s {kind}")
+            servers.inject(kind)
+            next_fault += args.fault_every
+        samples.append(sample(servers, server, elapsed))
+        print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+        time.sleep(args.sample_every)
+    return samples, faults
+
+
+def soak(args: argparse.Namespace, servers: Servers, server: Server) -> tuple[
+        list[dict[str, Any]], list[str], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The loads, the faults and the samples; then what is left: (samples, faults, loads, end)."""
+    seconds = args.minutes * 60
     loads: dict[str, dict[str, Any]] = {}
+    threads = start_loads(server, seconds, loads)
+    samples, faults = faults_and_samples(args, seconds, servers, server)
+    for thread in threads:
+        thread.join(timeout=60)
+    time.sleep(7)  # past linger: surplus connections close
+    return samples, faults, loads, final_state(servers, server)
+
+
+def main() -> None:
+    args = parse_args()
     ensure_installed()
     ensure_wrk()
     with MariaDBServer(max_connections=100) as db, MariaDBServer(max_connections=100) as other, \
@@ -105,79 +214,26 @@ def main() -> None:
         for statement in SCHEMA:
             db.admin_query(statement)
             other.admin_query(statement)
-        primary, standby = db, other
         server = Server("wsgi_dbpool", db, {"POOL_MAX_OUTSTANDING": "20", "BENCH_WORKERS": "2",
                                             "BENCH_DB_PORT": str(proxy_port)})
         try:
-            def load(name: str, path: str, clients: int) -> None:
-                loads[name] = run_wrk(server.url + path, clients=clients, seconds=seconds, threads=1)
-
-            threads = [
-                threading.Thread(target=load, args=args_, daemon=True)
-                for args_ in (("query", "/query/", 20), ("hold", "/hold/", 50),
-                              ("stream", "/stream/", 5), ("write", "/write/", 5),
-                              ("nodb", "/nodb/", 5))
-            ]
-            for thread in threads:
-                thread.start()
-            started = time.monotonic()
-            next_fault = args.fault_every
-            kinds = ["kill", "restart", "wait_timeout", "failover"]
-            while time.monotonic() - started < seconds:
-                elapsed = time.monotonic() - started
-                if elapsed >= next_fault and elapsed < seconds - args.fault_every:  # calm end
-                    kind = kinds[len(faults) % len(kinds)]
-                    faults.append(f"{elapsed:.0f}s {kind}")
-                    if kind == "kill":
-                        primary.kill_user("app")
-                    elif kind == "restart":
-                        primary.restart()
-                    elif kind == "wait_timeout":
-                        primary.set_global("wait_timeout", 2)
-                        threading.Timer(
-                            10, lambda p=primary: p.set_global("wait_timeout", 28800)
-                        ).start()
-                    else:  # the standby takes over; the old primary stays up, read-only
-                        standby.set_global("read_only", 0)
-                        proxy_process.send_signal(signal.SIGUSR1)
-                        primary.set_global("read_only", 1)
-                        primary, standby = standby, primary
-                    next_fault += args.fault_every
-                workers = workers_of(server.process.pid)
-                stats = pool_stats(server.url, len(workers))
-                samples.append({
-                    "t": round(elapsed),
-                    "server_connections": db.connection_count("app") + other.connection_count("app"),
-                    "on_standby": standby.connection_count("app"),
-                    "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
-                    "fds": {pid: fds(pid) for pid in workers},
-                    "in_use": sum(s["in_use"] for s in stats.values()),
-                    "idle": sum(s["idle"] for s in stats.values()),
-                    "waiting": sum(s["waiting"] for s in stats.values()),
-                    "timeouts": sum(s["timeouts"] for s in stats.values()),
-                    "stale": sum(s["stale"] for s in stats.values()),
-                    "failovers": sum(s.get("failovers", 0) for s in stats.values()),
-                })
-                print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
-                time.sleep(args.sample_every)
-            for thread in threads:
-                thread.join(timeout=60)
-            time.sleep(7)  # past linger: surplus connections close
-            workers = workers_of(server.process.pid)
-            final = pool_stats(server.url, len(workers))
-            end = {
-                "server_connections": db.connection_count("app") + other.connection_count("app"),
-                "on_standby": standby.connection_count("app"),
-                "failovers": {pid: s.get("failovers", 0) for pid, s in final.items()},
-                "in_use": sum(s["in_use"] for s in final.values()),
-                "idle": sum(s["idle"] for s in final.values()),
-                "rss_mb": {pid: round(rss_mb(pid), 1) for pid in workers},
-                "fds": {pid: fds(pid) for pid in workers},
-            }
+            samples, faults, loads, end = soak(args, Servers(db, other, proxy_process), server)
             failed, too_many = server.failed_requests()
         finally:
             server.stop()
     write_report(args, samples, faults, loads, end, failed, too_many)
+
+
+def sample_rows(samples: list[dict[str, Any]], sample_every: float) -> list[str]:
+    """The samples' table rows, one every 30 seconds."""
+    step = max(1, int(30 / sample_every))
+    return [
+        f"| {s['t']} | {s['server_connections']} | {s['on_standby']} | {s['in_use']} | "
+        f"{s['idle']} | {s['waiting']} | {s['timeouts']} | {s['stale']} | {s['failovers']} | "
+        f"{', '.join(map(str, s['rss_mb'].values()))} | "
+        f"{', '.join(map(str, s['fds'].values()))} |"
+        for s in samples[::step]
+    ]
 
 
 def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults: list[str],
@@ -232,14 +288,7 @@ def write_report(args: argparse.Namespace, samples: list[dict[str, Any]], faults
         "| stale | failovers | RSS MB (per worker) | fds |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    step = max(1, int(30 / args.sample_every))
-    for s in samples[::step]:
-        lines.append(
-            f"| {s['t']} | {s['server_connections']} | {s['on_standby']} | {s['in_use']} | "
-            f"{s['idle']} | {s['waiting']} | {s['timeouts']} | {s['stale']} | {s['failovers']} | "
-            f"{', '.join(map(str, s['rss_mb'].values()))} | "
-            f"{', '.join(map(str, s['fds'].values()))} |"
-        )
+    lines += sample_rows(samples, args.sample_every)
     verdict = "nothing grew" if all(checks.values()) else "SOMETHING GREW OR LEAKED"
     lines += ["", f"Verdict: **{verdict}**."]
     text = "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.servers import Gunicorn, child_env  # noqa: E402
+from testbed.servers import Gunicorn, child_env  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -33,7 +33,7 @@ def database(kind: str) -> Iterator[tuple[dict[str, str], str]]:
         yield {}, "DATABASE_URL=" + os.environ["DATABASE_URL"].split("@")[-1]
         return
     if kind == "mariadb":
-        from tests.mariadb import MariaDBServer, ensure_installed
+        from testbed.mariadb import MariaDBServer, ensure_installed
 
         ensure_installed()
         with MariaDBServer(max_connections=100) as server:

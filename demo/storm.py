@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.mariadb import MariaDBServer, ensure_installed  # noqa: E402
-from tests.servers import Gunicorn, PeakSampler, child_env  # noqa: E402
+from testbed.mariadb import MariaDBServer, ensure_installed  # noqa: E402
+from testbed.servers import Gunicorn, PeakSampler, child_env  # noqa: E402
 
 
 def fetch(url: str) -> tuple[int, str]:

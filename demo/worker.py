@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the worker running until Ctrl-C")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from tests.redis import RedisServer, ensure_installed
+    from testbed.redis import RedisServer, ensure_installed
 
     ensure_installed()
     with RedisServer() as redis_server, database(args.db) as (db_env, description):

@@ -11,9 +11,9 @@ def setup_django() -> None:
     import django
     from django.conf import settings
 
-    from tests.mariadb import install_pymysql, mysql_settings
-    from tests.postgres import postgres_settings
-    from tests.servers import site_settings
+    from testbed.mariadb import install_pymysql, mysql_settings
+    from testbed.postgres import postgres_settings
+    from testbed.servers import site_settings
 
     install_pymysql()
     if "TEST_PGBOUNCER_PORT" in os.environ:

@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from tests import mariadb as mariadb_harness
-from tests import pgbouncer as pgbouncer_harness
-from tests import postgres as postgres_harness
-from tests.faultproxy import FaultProxy
+from testbed import mariadb as mariadb_harness
+from testbed import pgbouncer as pgbouncer_harness
+from testbed import postgres as postgres_harness
+from testbed.faultproxy import FaultProxy
+from testbed.mariadb import MariaDBServer, install_pymysql
+from testbed.pgbouncer import PgBouncer
+from testbed.postgres import PostgresServer
+from testbed.servers import free_port, site_settings
 from tests.helpers import Backend, wait_until
-from tests.mariadb import MariaDBServer, install_pymysql
-from tests.pgbouncer import PgBouncer
-from tests.postgres import PostgresServer
-from tests.servers import free_port, site_settings
 
 # A test whose fixtures include one of these gets the marker: the server it starts.
 SERVER_MARKERS = {"mariadb": "mariadb", "postgres": "postgresql", "pgbouncer": "postgresql"}

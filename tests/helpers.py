@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import gevent.pywsgi
 
-from tests.servers import Gunicorn, child_env
+from testbed.servers import Gunicorn, child_env
 
 
 @dataclasses.dataclass

@@ -11,8 +11,8 @@ from typing import Any
 
 import gevent
 
+from testbed.servers import PeakSampler
 from tests.helpers import call, get, serve, wait_until
-from tests.servers import PeakSampler
 
 
 def _run(alias: str, sql: str, params: Any = None) -> Any:

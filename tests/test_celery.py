@@ -1,6 +1,6 @@
 """Celery workers with ``pool_tasks``: real ``celery worker`` processes, Redis, MariaDB.
 
-The worker runs ``tests.celery_project`` with ``DJANGO_SETTINGS_MODULE`` set, so Celery's
+The worker runs ``testbed.celery_project`` with ``DJANGO_SETTINGS_MODULE`` set, so Celery's
 own Django fixup is active (closing connections around every task), and connects as
 the MariaDB user ``celery``: what the server reports for that user is the worker's
 doing alone. Every assertion on connections is on what the server reports.
@@ -16,10 +16,10 @@ from typing import Any
 import gevent
 import pytest
 
-from tests.celery_harness import USER, CeleryWorker, client_app, create_worker_user, user_connections
+from testbed.celery_harness import USER, CeleryWorker, client_app, create_worker_user, user_connections
+from testbed.mariadb import MariaDBServer
+from testbed.redis import RedisServer, ensure_installed
 from tests.helpers import wait_until
-from tests.mariadb import MariaDBServer
-from tests.redis import RedisServer, ensure_installed
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.celery]  # slow: the tests with a worker
 
@@ -234,8 +234,8 @@ def test_gevent_pool_timeout_fails_the_task_and_autoretry_retries_it(gevent_work
         holder.get(timeout=30)
     assert _stats(gevent_worker)["timeouts"] >= 2
     log = gevent_worker.log(tail=20000)
-    assert f"task tests.celery_project.connection_id[{plain.id}] failed: no connection" in log
-    assert f"task tests.celery_project.hold[{holders[0].id}] has held its connections" in log
+    assert f"task testbed.celery_project.connection_id[{plain.id}] failed: no connection" in log
+    assert f"task testbed.celery_project.hold[{holders[0].id}] has held its connections" in log
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import child_env
+from testbed.servers import child_env
 
 SETTINGS = '''
 import json, os

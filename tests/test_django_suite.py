@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, child_env
+from testbed.servers import ROOT, child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb, pytest.mark.timeout(900)]
 

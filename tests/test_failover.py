@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
+from testbed.mariadb import MariaDBServer
 from tests.helpers import call, wait_until
-from tests.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.mariadb
 

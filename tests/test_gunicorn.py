@@ -8,8 +8,8 @@ import time
 import gevent
 import pytest
 
+from testbed.servers import ROOT
 from tests.helpers import get, gunicorn, wait_until
-from tests.servers import ROOT
 
 
 @pytest.mark.parametrize("close_on_exit", [True, False], ids=["worker_exit-closes", "no-hook"])

@@ -13,9 +13,9 @@ import time
 import gevent
 import pytest
 
+from testbed.servers import PeakSampler
 from tests import site
 from tests.helpers import call, environ_for, get, serve, wait_until
-from tests.servers import PeakSampler
 
 pytestmark = pytest.mark.mariadb
 

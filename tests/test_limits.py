@@ -8,8 +8,8 @@ import time
 import gevent
 import pytest
 
+from testbed.servers import PeakSampler
 from tests.helpers import Ticker, call, get, serve, wait_until
-from tests.servers import PeakSampler
 
 
 @pytest.mark.parametrize("linger", [0, 0.5], ids=["close-surplus-at-once", "linger-0.5s"])

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from testbed.servers import PeakSampler
 from tests.helpers import call, wait_until
-from tests.servers import PeakSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 

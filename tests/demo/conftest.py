@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.servers import ROOT, child_env, free_port
 from tests.helpers import wait_until
-from tests.servers import ROOT, child_env, free_port
 
 
 class Demo:

@@ -13,8 +13,8 @@ from pathlib import Path
 import gevent
 import pytest
 
+from testbed.servers import ROOT, child_env
 from tests.helpers import get, wait_until
-from tests.servers import ROOT, child_env
 
 pytestmark = pytest.mark.demo
 

@@ -3,8 +3,8 @@
 Loopback ports and waiting for a listener, Debian packages installed when missing (we run
 as root on CI), a gunicorn on a free port with its output kept, a sampler of the peak
 number of server connections, the common part of a test or bench Django site, and the
-:class:`DatabaseServer` vocabulary that ``tests.mariadb.MariaDBServer`` and
-``tests.postgres.PostgresServer`` both speak.
+:class:`DatabaseServer` vocabulary that ``testbed.mariadb.MariaDBServer`` and
+``testbed.postgres.PostgresServer`` both speak.
 
 Nothing here imports gevent: under ``python -m gevent.monkey`` (the suite) ``time.sleep``
 and ``threading`` are cooperative; in a plain process (bench, demo) they are native.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-logger = logging.getLogger("tests.servers")
+logger = logging.getLogger("testbed.servers")
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -396,7 +396,7 @@ def site_settings(
 
 
 def run_until_interrupted(server: Any, describe: Callable[[], str]) -> None:
-    """``python -m tests.mariadb`` / ``tests.postgres``: start ``server``, print ``describe()``,
+    """``python -m testbed.mariadb`` / ``testbed.postgres``: start ``server``, print ``describe()``,
     and keep it until Ctrl-C or SIGTERM, then stop it and remove its files."""
 
     def interrupt(signum: int, frame: object) -> None:
@@ -416,8 +416,8 @@ def run_until_interrupted(server: Any, describe: Callable[[], str]) -> None:
 
 
 if TYPE_CHECKING:  # mypy checks that both harnesses speak the protocol
-    from tests.mariadb import MariaDBServer
-    from tests.postgres import PostgresServer
+    from testbed.mariadb import MariaDBServer
+    from testbed.postgres import PostgresServer
 
     def _speak_the_protocol(m: MariaDBServer, p: PostgresServer) -> tuple[DatabaseServer, DatabaseServer]:
         return m, p

@@ -1,7 +1,7 @@
 """The Celery app of the Celery tests (and ``bench.celery``): a Django project's ``celery.py``.
 
-``celery -A tests.celery_project worker``, with ``DJANGO_SETTINGS_MODULE`` set to
-``tests.celery_settings`` and, from the environment: ``TEST_REDIS_URL`` (broker and
+``celery -A testbed.celery_project worker``, with ``DJANGO_SETTINGS_MODULE`` set to
+``testbed.celery_settings`` and, from the environment: ``TEST_REDIS_URL`` (broker and
 results), ``TEST_MARIADB_PORT``, and ``TEST_POOL_TASKS``, the ``pool_tasks()`` keyword
 arguments as JSON (unset or ``"off"``: no pool, Celery's Django fixup alone).
 """
@@ -19,9 +19,9 @@ from celery import Celery
 from wsgi_dbpool import PoolTimeout
 
 pymysql.install_as_MySQLdb()
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.celery_settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testbed.celery_settings")
 
-app = Celery("tests.celery_project")
+app = Celery("testbed.celery_project")
 app.conf.update(
     broker_url=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     result_backend=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),

@@ -4,7 +4,7 @@ Debian's ``redis-server`` (installed with ``apt-get`` when missing), on a free l
 port, in a temporary directory, with persistence off; gone (process and files) after
 :meth:`RedisServer.stop` or at interpreter exit.
 
-``python -m tests.redis`` starts one and waits for Ctrl-C.
+``python -m testbed.redis`` starts one and waits for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from tests.servers import ensure_binary, free_port, which
+from testbed.servers import ensure_binary, free_port, which
 
 
 def ensure_installed() -> None:
@@ -102,7 +102,7 @@ class RedisServer:
 
 
 def main() -> None:
-    """``python -m tests.redis``: one server for a person to poke at, until Ctrl-C."""
+    """``python -m testbed.redis``: one server for a person to poke at, until Ctrl-C."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

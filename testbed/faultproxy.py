@@ -103,13 +103,13 @@ class FaultProxy:
 
 
 def main() -> None:
-    """``python -m tests.faultproxy --target A [--alternate B]``: a proxy in its own
+    """``python -m testbed.faultproxy --target A [--alternate B]``: a proxy in its own
     process (for the soak); prints its port, and each SIGUSR1 swaps the target with the
     alternate for new connections (a failover to B, and back)."""
     from gevent import monkey
 
     monkey.patch_all()
-    parser = argparse.ArgumentParser(prog="python -m tests.faultproxy")
+    parser = argparse.ArgumentParser(prog="python -m testbed.faultproxy")
     parser.add_argument("--target", type=int, required=True)
     parser.add_argument("--alternate", type=int)
     args = parser.parse_args()

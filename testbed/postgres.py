@@ -8,7 +8,7 @@ application connects as the role ``app`` over TCP, so that what ``pg_stat_activi
 reports for that role is the application's doing alone; the admin helpers connect as
 the superuser ``postgres`` over the unix socket.
 
-``python -m tests.postgres`` starts one and waits for Ctrl-C.
+``python -m testbed.postgres`` starts one and waits for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Any
 
-from tests.servers import ThrowawayServer, apt_install, free_port, run_until_interrupted, stop_process
+from testbed.servers import ThrowawayServer, apt_install, free_port, run_until_interrupted, stop_process
 
 OS_USER = "wsgidbpool"
 
@@ -91,12 +91,13 @@ class PostgresServer(ThrowawayServer):
     def __init__(self, *, port: int | None = None, max_connections: int = 100) -> None:
         bindir = _bindir()
         if bindir is None:
-            raise RuntimeError("PostgreSQL is not installed: call tests.postgres.ensure_installed() first")
+            raise RuntimeError("PostgreSQL is not installed: call testbed.postgres.ensure_installed() first")
         try:
             account = pwd.getpwnam(OS_USER)
         except KeyError:
             raise RuntimeError(
-                f"no system user {OS_USER!r} to run the cluster: call tests.postgres.ensure_installed() first"
+                f"no system user {OS_USER!r} to run the cluster:"
+                " call testbed.postgres.ensure_installed() first"
             ) from None
         self.bindir = bindir
         self.port = port or free_port()
@@ -233,7 +234,7 @@ class PostgresServer(ThrowawayServer):
 
 
 def main() -> None:
-    """``python -m tests.postgres``: one cluster for a person to poke at, until Ctrl-C."""
+    """``python -m testbed.postgres``: one cluster for a person to poke at, until Ctrl-C."""
     ensure_installed()
     server = PostgresServer()
     run_until_interrupted(

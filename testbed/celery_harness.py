@@ -1,4 +1,4 @@
-"""A real ``celery worker`` for ``tests.celery_project``: used by the Celery tests and ``bench.celery``.
+"""A real ``celery worker`` for ``testbed.celery_project``: used by the Celery tests and ``bench.celery``.
 
 The worker connects to MariaDB as a user of its own (:data:`USER`), so what the server
 reports for that user is the worker's doing alone. It is started as a subprocess on a
@@ -17,12 +17,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.mariadb import MariaDBServer
-from tests.redis import RedisServer
+from testbed.mariadb import MariaDBServer
+from testbed.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = "celery"
-TASK = "tests.celery_project."
+TASK = "testbed.celery_project."
 
 
 def create_worker_user(server: MariaDBServer) -> None:
@@ -52,7 +52,7 @@ def user_connections(server: MariaDBServer) -> int:
 
 
 class CeleryWorker:
-    """One ``celery -A tests.celery_project worker`` subprocess, stopped by PID.
+    """One ``celery -A testbed.celery_project worker`` subprocess, stopped by PID.
 
     ``pool_tasks``: the keyword arguments of ``pool_tasks()``, or None for Celery's
     Django fixup alone.
@@ -65,14 +65,14 @@ class CeleryWorker:
         self.queue = f"q-{pool}-{uuid.uuid4().hex[:8]}"
         self.log_path = Path(log_dir) / f"{self.queue}.log"
         env = {
-            **os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.celery_settings",
+            **os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "testbed.celery_settings",
             "TEST_MARIADB_PORT": str(server.port), "TEST_MARIADB_USER": USER,
             "TEST_REDIS_URL": redis_server.url,
             "TEST_POOL_TASKS": "off" if pool_tasks is None else json.dumps(pool_tasks),
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tests.celery_project", "worker",
+                [sys.executable, "-m", "celery", "-A", "testbed.celery_project", "worker",
                  "-P", pool, "-c", str(concurrency), "-Q", self.queue, "-n", f"{self.queue}@test",
                  "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=INFO"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

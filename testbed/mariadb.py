@@ -6,7 +6,7 @@ The application connects as a dedicated user ``app``, so that what the server
 reports for that user (``SHOW PROCESSLIST``) is the application's doing alone; the
 admin helpers connect as ``root`` over the unix socket.
 
-``python -m tests.mariadb`` starts one and waits for Ctrl-C.
+``python -m testbed.mariadb`` starts one and waits for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,9 +24,16 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tests.servers import ThrowawayServer, apt_install, free_port, run_until_interrupted, stop_process, which
+from testbed.servers import (
+    ThrowawayServer,
+    apt_install,
+    free_port,
+    run_until_interrupted,
+    stop_process,
+    which,
+)
 
-logger = logging.getLogger("tests.mariadb")
+logger = logging.getLogger("testbed.mariadb")
 
 _ER_NO_SUCH_THREAD = 1094  # "Unknown thread id": KILL of a connection that already ended
 
@@ -323,7 +330,7 @@ class MariaDBServer(ThrowawayServer):
 
 
 def main() -> None:
-    """``python -m tests.mariadb``: one server for a person to poke at, until Ctrl-C."""
+    """``python -m testbed.mariadb``: one server for a person to poke at, until Ctrl-C."""
     ensure_installed()
     server = MariaDBServer()
     run_until_interrupted(

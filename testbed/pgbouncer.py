@@ -12,8 +12,8 @@ import signal
 import subprocess
 import tempfile
 
-from tests.postgres import OS_USER, PostgresServer
-from tests.servers import ensure_binary, stop_process, wait_for_port, which
+from testbed.postgres import OS_USER, PostgresServer
+from testbed.servers import ensure_binary, stop_process, wait_for_port, which
 
 
 def ensure_installed() -> str:
