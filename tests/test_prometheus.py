@@ -52,11 +52,15 @@ def test_multiprocess_workers_add_up(db, tmp_path):
         gevent.joinall(jobs, timeout=20, raise_error=True)
         assert all(job.value.status == 200 for job in jobs)
 
-        def checkouts() -> float:
+        def settled() -> tuple[float, float]:
             samples = scrape(get(address, "/metrics/").body.decode())
-            return samples.get(("wsgi_dbpool_checkouts_total", (("alias", "default"),)), 0)
+            return (samples.get(("wsgi_dbpool_checkouts_total", (("alias", "default"),)), 0),
+                    samples.get(("wsgi_dbpool_in_use", (("alias", "default"),)), -1))
 
-        wait_until(lambda: checkouts() == 20, timeout=10, what="both workers' checkouts summed")
+        # A checkout counts when taken, in_use drops when the server closes the response,
+        # after the client has its body: a loaded machine scraped in between once (in_use 2).
+        wait_until(lambda: settled() == (20, 0), timeout=20, state=settled,
+                   what="both workers' checkouts summed, every connection back")
         samples = scrape(get(address, "/metrics/").body.decode())
         idle = samples[("wsgi_dbpool_idle", (("alias", "default"),))]
         assert samples[("wsgi_dbpool_in_use", (("alias", "default"),))] == 0
