@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 # cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
 from webob.exc import HTTPServiceUnavailable
 
-from . import _concurrency, alias_pool, checks, quiet
+from . import _concurrency, alias_pool, checks, control, quiet
 from . import front as front_module
 from .alias_pool import AliasPool
 from .breaker import retry_after_header
@@ -180,6 +180,7 @@ class PoolingMiddleware:
                 pool.front.holds = self._holds  # holds are attachments, not requests
                 front_module.serve_spawned_greenlets(pool.front)
 
+        control.register(self)  # control: python -m wsgi_dbpool drain|pause|resume steers it
         from django.db.backends.signals import connection_created
 
         connection_created.connect(
@@ -471,6 +472,7 @@ class PoolingMiddleware:
             self._storage = ConnectionSlots().storage
             _concurrency.prepare_deferred_calls()
             self._storage_generation = _concurrency.fork_generation()
+            control.install()  # control: the signal handler, in the process that serves
             self.prewarm()
         return self._storage
 
