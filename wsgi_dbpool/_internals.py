@@ -68,6 +68,10 @@ PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed af
 ``get_new_connection``, ``Database``      back (``KILL``): Django's own parameters, with no
                                           signal and no set-up; ``Database.OperationalError``
                                           is what ``wrap_database_errors`` converts (5.2, 6.1).
+PyMySQL ``Connection._sock``              the socket of a connection taken back at
+                                          ``max_hold``: its client port (to confirm the
+                                          session before ``KILL``) and its shutdown (psycopg:
+                                          the public ``fileno()``) (PyMySQL 1.1.3, 1.2.4).
 ``connect``, ``get_autocommit``,          overridden on front wrappers only (instance
 ``set_autocommit``, ``close``             attributes on objects the pool made): attach,
                                           read a flag without connecting, detach at the

@@ -16,9 +16,12 @@ greenlet under gevent, a thread otherwise) that never runs the holder's code:
    sees Django's ``OperationalError`` carrying :class:`~wsgi_dbpool.MaxHoldExceeded`'s
    message;
 3. **ended on the server**: ``KILL <id>`` (MariaDB/MySQL) or ``pg_terminate_backend``
-   sent from a separate short-lived connection, so the server rolls back what was open
-   and stops a statement still running (the holder gets the server's error for that
-   one). If that connection cannot be had, a PyMySQL socket is closed instead;
+   sent from a separate short-lived connection, once the server confirms that id is this
+   socket's session (same client port: a pooler or proxy in between reports ids of its
+   own), so the server rolls back what was open and stops a statement still running
+   (the holder gets the server's error for that one); then the socket is shut down (not
+   closed: the descriptor stays the holder's), which wakes a holder blocked on it and
+   ends an idle session even where nothing could be killed;
 4. **the slot given back** (:meth:`~wsgi_dbpool.pool.Pool.revoke`): the oldest waiter is
    served at once. Only now, so that the server never sees more of this pool's sessions
    than ``max_outstanding`` (plus the short-lived one).
@@ -30,6 +33,8 @@ slot had its one release at step 4, and a revoked wrapper is never handed on.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -262,38 +267,65 @@ class MaxHold:
             pool.revoke(held.taken)  # the slot's one release: the oldest waiter is served
 
     def _end_session(self, carrier: Any, raw: Any, server_id: int | None) -> None:
-        """``KILL`` or ``pg_terminate_backend`` from a short-lived connection of its own
-        (bounded by :data:`END_SESSION_TIMEOUT`), else close a PyMySQL socket."""
-        if raw is None or server_id is None:
-            return  # never connected, or no server session to end (SQLite)
-        sql = "KILL %s" if carrier.vendor == "mysql" else "SELECT pg_terminate_backend(%s)"
-        limit = _concurrency.TimeLimit(END_SESSION_TIMEOUT)
+        """End the session on the server, then shut the holder's socket down.
+
+        ``KILL`` / ``pg_terminate_backend`` go through a short-lived connection of their own
+        (bounded by :data:`END_SESSION_TIMEOUT`), and only once the server confirms the id is
+        this socket's session (same id, same client port): behind a pooler or a proxy
+        (PgBouncer reports a made-up pid), or over a unix socket, the id cannot be confirmed
+        and nothing is killed. The shutdown wakes a holder blocked on the socket, and ends an
+        idle session at once even where nothing could be killed.
+        """
+        if raw is None:
+            return  # never connected: no session
+        port = _client_port(raw)
+        failure: BaseException | None = None
+        confirmed = False
+        if server_id is not None and port is not None:
+            limit = _concurrency.TimeLimit(END_SESSION_TIMEOUT)
+            try:
+                with limit:
+                    confirmed = self._kill(carrier.vendor, server_id, port)
+            except BaseException as exc:
+                if not (limit.fired(exc) or isinstance(exc, Exception)):
+                    raise
+                failure = exc
+        _shutdown(raw)
+        if not confirmed and server_id is not None:
+            logger.warning(
+                "max_hold: session %s of %r not ended by the server (%s); its socket was shut "
+                "down, which ends it once it is idle (statement_timeout bounds one running)",
+                server_id, self.alias,
+                repr(failure) if failure is not None else "not confirmed as this socket's session",
+            )
+
+    def _kill(self, vendor: str, server_id: int, port: int) -> bool:
+        """Kill session ``server_id`` if the server says its client port is ``port``."""
+        # A wrapper of Django's own factory, never connected: the driver's connect with the
+        # alias's parameters, and no connection_created, no session set-up, not pooled.
+        admin_wrapper = _internals.django_create_connection(self.alias)
+        admin = admin_wrapper.get_new_connection(admin_wrapper.get_connection_params())
         try:
-            with limit:
-                # A wrapper of Django's own factory, never connected: the driver's connect
-                # with the alias's parameters, and no connection_created, no set-up.
-                admin_wrapper = _internals.django_create_connection(self.alias)
-                admin = admin_wrapper.get_new_connection(admin_wrapper.get_connection_params())
-                try:
-                    cursor = admin.cursor()
-                    cursor.execute(sql, [server_id])
-                    cursor.close()
-                finally:
-                    admin.close()
-            return
-        except BaseException as exc:
-            if not (limit.fired(exc) or isinstance(exc, Exception)):
-                raise
-            failure: BaseException = exc
-        if _internals.is_pymysql(raw):
-            _internals.force_close(raw)  # the server ends the session when it sees the socket go
-            how = "closed its socket instead"
-        else:
-            how = "it ends when the holder's connection is closed"
-        logger.warning(
-            "max_hold: could not end session %s of %r on the server (%r); %s",
-            server_id, self.alias, failure, how,
-        )
+            cursor = admin.cursor()
+            if vendor == "mysql":
+                cursor.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND HOST LIKE %s",
+                    [server_id, f"%:{port}"],
+                )
+                confirmed = cursor.fetchone() is not None
+                if confirmed:
+                    cursor.execute("KILL %s", [server_id])
+            else:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid = %s AND client_port = %s",
+                    [server_id, port],
+                )
+                confirmed = cursor.fetchone() is not None
+            cursor.close()
+        finally:
+            admin.close()
+        return confirmed
 
     def _given_back(self, carrier: Any, revocation: Revocation) -> None:
         """The holder's return of a revoked carrier: close what it held, nothing more."""
@@ -309,6 +341,41 @@ class MaxHold:
         if raw is not None:
             _internals.abandon_unread_result(raw)
             _internals.force_close(raw)  # the server ended the session: nothing to say
+
+
+def _socket(raw: Any) -> socket.socket | None:
+    """A second handle on the driver connection's socket (a dup of its descriptor), or None."""
+    fileno = getattr(raw, "fileno", None)  # psycopg 2 and 3
+    try:
+        fd = fileno() if callable(fileno) else raw._sock.fileno()  # PyMySQL
+        return socket.socket(fileno=os.dup(fd))
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+
+
+def _client_port(raw: Any) -> int | None:
+    """The local TCP port of the connection (what the server shows as the client's); None
+    over a unix socket or when it cannot be read."""
+    sock = _socket(raw)
+    if sock is None:
+        return None
+    with sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        return int(sock.getsockname()[1])
+
+
+def _shutdown(raw: Any) -> None:
+    """Shut the socket down both ways, without closing the holder's descriptor: a read
+    blocked on it returns at once, and the server sees the client go."""
+    sock = _socket(raw)
+    if sock is None:
+        return
+    with sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:  # already gone
+            logger.debug("shutting a socket down failed: %r", exc)
 
 
 def _server_id(raw: Any, vendor: str) -> int | None:
