@@ -166,3 +166,25 @@ def test_the_driver_details_max_hold_reads(request, alias):
         assert max_hold._server_id(raw, wrapper.vendor)
     finally:
         raw.close()
+
+
+def test_plain_threads_without_gevent(db):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    env = {**os.environ, "TEST_MARIADB_PORT": str(db.port), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "tests.proc_max_hold_threads"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["holder_waiting_when_served"] is True
+    assert report["served"] != report["held"]
+    assert "max_hold=0.5s took back" in report["holder_error"]
+    assert report["held"] not in _sessions_of(db)
+    assert int(db.admin_query("SELECT COUNT(*) FROM app.items WHERE name = 'threads'")[0][0]) == 0
+    stats = report["stats"]
+    assert (stats["taken_back"], stats["in_use"]) == (1, 0)

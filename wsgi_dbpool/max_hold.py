@@ -73,12 +73,14 @@ class _Held:
 class Revocation:
     """What a revoked carrier keeps until its holder gives it back."""
 
-    __slots__ = ("error", "front", "raw")
+    __slots__ = ("error", "front", "raw", "seconds", "server_id")
 
     def __init__(self, raw: Any, front: Any, error: Callable[[], BaseException]) -> None:
         self.raw = raw  # the driver connection, closed when the holder gives it back
         self.front = front
         self.error = error
+        self.server_id: int | None = None  # the server's id of the session
+        self.seconds = 0.0  # how long it had been held
 
     def refuse_statement(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
@@ -174,9 +176,9 @@ class MaxHold:
         self._watch(getattr(wrapper, _CARRIER), wrapper)
 
     def checkin(self, wrapper: Any, broken: bool = False) -> None:
-        with self._lock:
+        with self._lock:  # the claim and the fence happen under it too: one or the other
             self._held.pop(id(wrapper), None)
-        revocation = wrapper.__dict__.get(REVOKED_ATTR)
+            revocation = wrapper.__dict__.get(REVOKED_ATTR)
         if revocation is None:
             self._checkin(wrapper, broken)
         else:
@@ -198,7 +200,7 @@ class MaxHold:
 
     def _scan(self) -> None:
         now = time.monotonic()
-        due: list[_Held] = []
+        due: list[tuple[_Held, Revocation]] = []
         next_at = None
         with self._lock:
             for key, held in list(self._held.items()):
@@ -208,32 +210,37 @@ class MaxHold:
                 elif held.carrier.__dict__.get(SETUP_ATTR):  # connecting: its socket is
                     next_at = now + _BUSY_RETRY  # not on the wrapper yet; look again soon
                 else:
-                    del self._held[key]  # claimed: the holder's return will find it revoked
-                    due.append(held)
+                    # Claimed and fenced under the lock (attribute writes, no I/O): a holder
+                    # returning it in another thread finds it revoked, never half-done.
+                    try:
+                        revocation = self._fence(held, now)
+                    except Exception:
+                        logger.exception("max_hold: could not take back a connection of %r",
+                                         self.alias)
+                        continue
+                    del self._held[key]
+                    due.append((held, revocation))
             self._scanning = next_at is not None
-        for held in due:
-            try:
-                self._revoke(held, now)
-            except Exception:
-                logger.exception("max_hold: taking back a connection of %r failed", self.alias)
+        for held, revocation in due:
+            self._take_back(held, revocation)
         if next_at is not None:
             _concurrency.call_later(max(next_at - time.monotonic(), 0.01), self._scan)
 
     # -- taking back ----------------------------------------------------------------------
 
-    def _revoke(self, held: _Held, now: float) -> None:
+    def _fence(self, held: _Held, now: float) -> Revocation:
+        """Make the carrier (and the front that borrowed it) unusable; attribute writes only."""
         carrier, front = held.carrier, held.front
         raw = carrier.connection
-        seconds = now - held.taken
         error_class = _error_class(carrier.Database)
-        alias, limit = self.alias, self.limit
+        alias, limit, seconds = self.alias, self.limit, now - held.taken
 
         def error() -> BaseException:
             return error_class(alias, limit, seconds)
 
-        # Fenced first, with no I/O in between: nothing the holder does reaches a server.
         revocation = Revocation(raw, front, error)
-        carrier.__dict__[REVOKED_ATTR] = revocation
+        revocation.server_id = _server_id(raw, carrier.vendor)
+        revocation.seconds = seconds
         stand_in = Revoked(error)
 
         def refuse_connect() -> None:
@@ -247,7 +254,12 @@ class MaxHold:
             if front.connection is raw:
                 front.connection = stand_in
             front.execute_wrappers.insert(0, revocation.refuse_statement)
-        server_id = _server_id(raw, carrier.vendor)
+        carrier.__dict__[REVOKED_ATTR] = revocation
+        return revocation
+
+    def _take_back(self, held: _Held, revocation: Revocation) -> None:
+        """End the fenced carrier's server session, then free its slot, exactly once."""
+        carrier, front = held.carrier, held.front
         pool = self.alias_pool.pool
         pool.count(TAKEN_BACK)
         work = getattr(front, _WORK, None) if front is not None else None
@@ -255,11 +267,13 @@ class MaxHold:
             "max_hold=%ss: took back the connection of %r (server session %s) held %.1fs by %s; "
             "ending its session on the server (its transaction rolls back) and giving the slot "
             "to the next request. Its next statement fails with MaxHoldExceeded",
-            limit, alias, server_id, seconds,
+            self.limit, self.alias, revocation.server_id, revocation.seconds,
             work.label if work is not None else f"greenlet {carrier._wsgi_dbpool_holder}",
         )
         try:
-            self._end_session(carrier, raw, server_id)
+            self._end_session(carrier, revocation.raw, revocation.server_id)
+        except Exception:
+            logger.exception("max_hold: ending a session of %r failed", self.alias)
         finally:
             if carrier.__dict__.get(_OPEN_ATTR):  # the server session is gone: counted closed
                 setattr(carrier, _OPEN_ATTR, False)
@@ -349,7 +363,7 @@ def _socket(raw: Any) -> socket.socket | None:
     try:
         fd = fileno() if callable(fileno) else raw._sock.fileno()  # PyMySQL
         return socket.socket(fileno=os.dup(fd))
-    except (AttributeError, OSError, ValueError, TypeError):
+    except Exception:  # closed meanwhile by its holder (psycopg raises its own error): no socket
         return None
 
 
