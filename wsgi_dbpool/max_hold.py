@@ -396,9 +396,12 @@ def _server_id(raw: Any, vendor: str) -> int | None:
     """The server's id of the session (what ``KILL``/``pg_terminate_backend`` take)."""
     if raw is None:
         return None
-    if vendor == "mysql":
-        return int(raw.thread_id())
-    if vendor == "postgresql":
-        info = getattr(raw, "info", None)  # psycopg 3
-        return int(info.backend_pid if info is not None else raw.get_backend_pid())
+    try:
+        if vendor == "mysql":
+            return int(raw.thread_id())
+        if vendor == "postgresql":
+            info = getattr(raw, "info", None)  # psycopg 3
+            return int(info.backend_pid if info is not None else raw.get_backend_pid())
+    except Exception:  # closed under its holder already: no session to end
+        return None
     return None
