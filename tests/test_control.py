@@ -49,9 +49,11 @@ def by_worker(address: str, rounds: int = 200, workers: int = 3) -> dict[int, se
     raise AssertionError(f"only {len(seen)} workers answered")
 
 
-@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
-def test_drain_pause_resume_every_worker_of_a_running_gunicorn(db, preload):
-    args = ["-w", "3", *(["--preload"] if preload else [])]
+@pytest.mark.parametrize(("worker_class", "preload"), [
+    ("gevent", False), ("gevent", True), ("sync", True),
+], ids=["gevent", "gevent-preload", "sync-preload"])
+def test_drain_pause_resume_every_worker_of_a_running_gunicorn(db, worker_class, preload):
+    args = ["-w", "3", "-k", worker_class, *(["--preload"] if preload else [])]
     with gunicorn(db, *args) as (address, process):
         before = by_worker(address)
         before_ids = set().union(*before.values())

@@ -32,7 +32,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -73,10 +72,10 @@ def _after_fork() -> None:
     """In a forked child of a process that built a middleware (``--preload``)."""
     _applied.clear()
     if _middlewares:
-        install()
+        install(at_fork=True)
 
 
-def install() -> None:
+def install(at_fork: bool = False) -> None:
     """Install the handler in this process (once per fork generation), then apply the
     control file as it is now. Only the main (OS) thread can install a signal handler:
     any greenlet of it, under gevent; elsewhere this is tried again at the next fork."""
@@ -89,16 +88,17 @@ def install() -> None:
     except (ValueError, OSError) as exc:  # not the main thread, or no such signal
         logger.debug("no control signal handler: %r", exc)
         return
+    if not at_fork:  # right after a fork gevent may not have patched threading yet
+        _concurrency.prepare_deferred_calls()
     _apply(starting=True)
 
 
 def _on_signal(signum: int, frame: object) -> None:
     # A signal handler runs between two bytecodes of whatever ran (the gevent hub, or the
-    # pool inside its guard lock): it only hands the work to a greenlet or a thread.
-    if _concurrency._gevent_patched():
-        _concurrency.call_soon(_apply)
-    else:
-        threading.Thread(target=_apply, name="wsgi_dbpool control", daemon=True).start()
+    # pool inside its guard lock): it only queues the work, with no lock taken (a greenlet
+    # under gevent, else the daemon thread of prepare_deferred_calls(), which the first
+    # request starts if the fork did not).
+    _concurrency.call_soon(_apply)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
