@@ -8,6 +8,7 @@ waiting at the cap is served on a connection of its own while the stuck one stil
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent
@@ -188,3 +189,28 @@ def test_plain_threads_without_gevent(db):
     assert int(db.admin_query("SELECT COUNT(*) FROM app.items WHERE name = 'threads'")[0][0]) == 0
     stats = report["stats"]
     assert (stats["taken_back"], stats["in_use"]) == (1, 0)
+
+
+def test_pool_revoke_frees_the_slot_once_for_the_oldest_waiter():
+    """The mechanism, with no server: a revoked slot goes to the waiter; no second release."""
+    from wsgi_dbpool.pool import Pool
+
+    made: list[object] = []
+
+    def create() -> object:
+        made.append(object())
+        return made[-1]
+
+    pool: Pool[object] = Pool("t", create=create, dispose=lambda obj: None, size=1,
+                              max_outstanding=1)
+    held, _ = pool.acquire(timeout=5)
+    waiter = gevent.spawn(pool.acquire, 5)
+    wait_until(lambda: pool.stats()["waiting"] == 1, what="a waiter")
+    pool.revoke(taken=time.monotonic())
+    served, _ = waiter.get(timeout=5)
+    assert served is not held and len(made) == 2  # a new object in the freed slot
+    assert pool.stats()["in_use"] == 1
+    pool.release(served, reusable=True)
+    assert pool.stats()["in_use"] == 0
+    with pytest.raises(RuntimeError, match="revoke without a checkout"):
+        pool.revoke()
