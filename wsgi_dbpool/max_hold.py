@@ -168,6 +168,11 @@ class MaxHold:
 
     def checkout(self, timeout: float | None, ident: int, work: Any = None) -> Any:
         carrier = self._checkout(timeout, ident, work)
+        held = _Held(carrier, None, carrier._wsgi_dbpool_taken)
+        with self._lock:  # _watch() inlined: this is the per-request path
+            if self._generation == _concurrency._fork_generation and self._scanning:
+                self._held[id(carrier)] = held
+                return carrier
         self._watch(carrier, None)
         return carrier
 
