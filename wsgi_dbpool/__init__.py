@@ -6,11 +6,18 @@
     application = PoolingMiddleware(get_wsgi_application(), size=4)
 """
 
-from .errors import DatabaseUnavailable, PoolError, PoolTimeout, SessionStateError, TooManyWaiting
+from .errors import (
+    DatabaseUnavailable,
+    MaxHoldExceeded,
+    PoolError,
+    PoolTimeout,
+    SessionStateError,
+    TooManyWaiting,
+)
 from .middleware import PoolingMiddleware
 
 __all__ = [
-    "DatabaseUnavailable", "PoolError", "PoolTimeout", "PoolingMiddleware", "SessionStateError",
-    "TooManyWaiting",
+    "DatabaseUnavailable", "MaxHoldExceeded", "PoolError", "PoolTimeout", "PoolingMiddleware",
+    "SessionStateError", "TooManyWaiting",
 ]
 __version__ = "0.1.0"

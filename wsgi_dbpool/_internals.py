@@ -59,6 +59,19 @@ PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed af
 ``errors_occurred``, ``commit_on_exit``,  :func:`reset_transaction_state`); ``close_at``
 ``run_on_commit``, ``savepoint_state``,   and ``health_check_done`` move with the raw
 ``close_at``, ``health_check_done``       connection.
+``connect``, ``execute_wrappers``,       ``max_hold`` fences a revoked wrapper: its
+``connection``                            ``connect`` refuses, a refusing execute wrapper
+                                          goes first, its driver connection is replaced
+                                          by a stand-in that raises, and a probe for that
+                                          stand-in is put in :data:`_PROBES` (5.2, 6.1).
+``get_connection_params``,                the driver connection that ends a session taken
+``get_new_connection``, ``Database``      back (``KILL``): Django's own parameters, with no
+                                          signal and no set-up; ``Database.OperationalError``
+                                          is what ``wrap_database_errors`` converts (5.2, 6.1).
+PyMySQL ``Connection._sock``              the socket of a connection taken back at
+                                          ``max_hold``: its client port (to confirm the
+                                          session before ``KILL``) and its shutdown (psycopg:
+                                          the public ``fileno()``) (PyMySQL 1.1.3, 1.2.4).
 ``connect``, ``get_autocommit``,          overridden on front wrappers only (instance
 ``set_autocommit``, ``close``             attributes on objects the pool made): attach,
                                           read a flag without connecting, detach at the

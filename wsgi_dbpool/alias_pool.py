@@ -30,6 +30,7 @@ from ._internals import (
 )
 from .breaker import Breaker
 from .front import Front, Work
+from .max_hold import MaxHold
 from .pool import Pool
 from .session import reset_session
 from .settings import PoolSettings
@@ -64,7 +65,7 @@ _TAKEN = "_wsgi_dbpool_taken"  # when (monotonic) it was last checked out
 # What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
 POLICY_EVENTS = (
     "opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers", "pinned",
-    "unavailable", "drained",
+    "unavailable", "drained", "taken_back",
 )
 # What the policy shows of its state now (gauges), beside the counters.
 BREAKER_OPEN = "breaker_open"  # 1 while fail_fast's breaker is open, else 0
@@ -124,6 +125,8 @@ class AliasPool:
             front = self.front = Front(self, per_transaction=settings.hold == "transaction")
             self.take = lambda timeout, ident, work: front.take(work, ident)
             self.give = front.give_back
+        if settings.max_hold is not None:  # max_hold: wraps checkout/checkin/attach to take back
+            MaxHold(self, settings.max_hold)
 
     # -- wrapper lifecycle --------------------------------------------------------
 

@@ -78,3 +78,28 @@ class DatabaseUnavailable(PoolError):
             f"another {retry_after:.1f}s (fail_fast). Check that the server is up and "
             f"reachable; fail_fast=False makes every request try (and wait) instead"
         )
+
+
+class MaxHoldExceeded(PoolError):
+    """The connection this unit of work held was taken back: it was held longer than
+    ``max_hold`` seconds (a request stuck inside a transaction, say).
+
+    Its server session was ended, so its open transaction was rolled back, and its slot
+    went to the next request. Inside Django it reaches the work as Django's
+    ``OperationalError`` carrying this message (raised from this error): every later
+    statement, commit or rollback of the work on that connection fails with it.
+    """
+
+    __module__ = "wsgi_dbpool"
+
+    def __init__(self, alias: str, max_hold: float, held: float) -> None:
+        self.alias = alias
+        self.max_hold = max_hold
+        self.held = held
+        super().__init__(
+            f"max_hold={max_hold:g}s took back this unit of work's connection of database "
+            f"alias {alias!r} after {held:.1f}s: its server session was ended, its open "
+            f"transaction rolled back (nothing of it was committed) and the slot given to the "
+            f"next request. Keep transactions short (do slow work such as HTTP calls outside "
+            f"transaction.atomic()), use hold='transaction', or raise max_hold"
+        )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 # cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
 from webob.exc import HTTPServiceUnavailable
 
-from . import _concurrency, alias_pool, checks, quiet
+from . import _concurrency, alias_pool, checks, control, quiet
 from . import front as front_module
 from .alias_pool import AliasPool
 from .breaker import retry_after_header
@@ -107,6 +107,12 @@ class PoolingMiddleware:
         before the server cancels it, set at connect and after each session reset
         (MariaDB ``max_statement_time``, MySQL ``max_execution_time``, which covers
         only ``SELECT``, PostgreSQL ``statement_timeout``). ``None``: the server's.
+    :param max_hold: seconds a unit of work may hold a pooled connection (under
+        ``hold="lazy"``/``"transaction"``: one attachment) before it is taken back: its
+        server session is ended (``KILL``, ``pg_terminate_backend``), so what it left
+        uncommitted rolls back, its slot goes to the next request at once, and its next
+        statement raises Django's ``OperationalError`` with
+        :class:`MaxHoldExceeded`'s message (the request ends in a 500). ``None``: no limit.
 
     Steering a running pool, per alias, from this process: :meth:`resize`,
     :meth:`drain` (replace every connection, e.g. after rotating credentials),
@@ -135,6 +141,7 @@ class PoolingMiddleware:
         fail_fast: bool = True,
         max_waiting: int | None = None,
         statement_timeout: float | None = None,
+        max_hold: float | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -151,6 +158,7 @@ class PoolingMiddleware:
             max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter, ping_timeout=ping_timeout,
             session_state=session_state,
             fail_fast=fail_fast, max_waiting=max_waiting, statement_timeout=statement_timeout,
+            max_hold=max_hold,
         )
         self.app = app
         self.skip = skip
@@ -172,6 +180,7 @@ class PoolingMiddleware:
                 pool.front.holds = self._holds  # holds are attachments, not requests
                 front_module.serve_spawned_greenlets(pool.front)
 
+        control.register(self)  # control: python -m wsgi_dbpool drain|pause|resume steers it
         from django.db.backends.signals import connection_created
 
         connection_created.connect(
@@ -201,6 +210,7 @@ class PoolingMiddleware:
     fail_fast = property(lambda self: self.settings.fail_fast)
     max_waiting = property(lambda self: self.settings.max_waiting)
     statement_timeout = property(lambda self: self.settings.statement_timeout)
+    max_hold = property(lambda self: self.settings.max_hold)
 
     # -- WSGI ---------------------------------------------------------------------
 
@@ -440,7 +450,8 @@ class PoolingMiddleware:
         ``connect_seconds`` (connect attempts and their total time), ``rejected``
         (turned away at ``max_waiting``), ``paused`` (1 while paused),
         ``breaker_open`` (1 while ``fail_fast``'s breaker is open), ``unavailable``
-        (requests answered at once while it was), ``drained`` (calls of :meth:`drain`).
+        (requests answered at once while it was), ``drained`` (calls of :meth:`drain`),
+        ``taken_back`` (connections taken back at ``max_hold``).
         """
         return {p.alias: p.stats() for p in self._pools}
 
@@ -461,6 +472,7 @@ class PoolingMiddleware:
             self._storage = ConnectionSlots().storage
             _concurrency.prepare_deferred_calls()
             self._storage_generation = _concurrency.fork_generation()
+            control.install()  # control: the signal handler, in the process that serves
             self.prewarm()
         return self._storage
 

@@ -381,6 +381,24 @@ class Pool(Generic[T]):
             else:
                 state.outstanding -= 1
 
+    def revoke(self, taken: float | None = None) -> None:
+        """Take back the slot of a checked-out object that will never come back (its
+        holder kept it too long: :mod:`wsgi_dbpool.max_hold`): the oldest waiter gets
+        the slot at once (it creates a new object). Its holder must not :meth:`release`
+        it: this was that slot's one release."""
+        state = self._current()
+        with state.lock:
+            if state.outstanding <= 0:
+                raise RuntimeError(f"pool {self.name!r}: revoke without a checkout")
+            if taken is not None:
+                held = time.monotonic() - taken
+                state.hold_seconds += held
+                state.hold_histogram[bisect.bisect_left(WAIT_BUCKETS, held)] += 1
+            if state.waiters and not self.paused:
+                state.waiters.popleft().serve(_SLOT)
+            else:
+                state.outstanding -= 1
+
     def add_idle(self, obj: T) -> bool:
         """Put a new object (made by the caller, e.g. pre-warmed) into the pool, outside
         any slot: the oldest idle if fewer than ``size`` are idle or checked out, or

@@ -13,6 +13,7 @@ Metric names (label ``alias``): ``wsgi_dbpool_idle``, ``wsgi_dbpool_in_use``,
 ``wsgi_dbpool_waiting``, ``wsgi_dbpool_max_outstanding``, ``wsgi_dbpool_paused``,
 ``wsgi_dbpool_breaker_open`` (gauges); ``wsgi_dbpool_rejected_total``,
 ``wsgi_dbpool_unavailable_total``, ``wsgi_dbpool_drained_total``,
+``wsgi_dbpool_taken_back_total``,
 ``wsgi_dbpool_opened_total``, ``wsgi_dbpool_closed_total``,
 ``wsgi_dbpool_checkouts_total``, ``wsgi_dbpool_timeouts_total``,
 ``wsgi_dbpool_dirty_total``, ``wsgi_dbpool_stale_total``, ``wsgi_dbpool_broken_total``,
@@ -72,6 +73,7 @@ COUNTERS = {
     "their connection to their end under hold='transaction'",
     "unavailable": "Requests answered at once while the breaker was open (503 or DatabaseUnavailable)",
     "drained": "Calls of drain(): every connection replaced",
+    "taken_back": "Connections taken back at max_hold: server session ended, slot given on",
 }
 # name: (help, the Pool method that reads it, the OpenTelemetry metric it matches)
 HISTOGRAMS = {

@@ -41,6 +41,7 @@ class PoolSettings:
     fail_fast: bool = True
     max_waiting: int | None = None
     statement_timeout: float | None = None
+    max_hold: float | None = None
 
     def __post_init__(self) -> None:
         check_int("size", self.size, minimum=1)
@@ -121,6 +122,19 @@ class PoolSettings:
         check_positive_seconds(
             "statement_timeout", self.statement_timeout, "to let statements run as long as the server allows"
         )
+        check_positive_seconds(
+            "max_hold", self.max_hold, "to let a unit of work hold a connection as long as it runs"
+        )
+        if (
+            self.max_hold is not None
+            and self.statement_timeout is not None
+            and self.max_hold <= self.statement_timeout
+        ):
+            raise ValueError(
+                f"max_hold={self.max_hold} is not above statement_timeout={self.statement_timeout}: "
+                f"every statement the server lets run to its timeout would have its connection "
+                f"taken back first; raise max_hold above statement_timeout, or lower the latter"
+            )
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
