@@ -18,8 +18,8 @@ from typing import Any
 import gevent
 import pytest
 
+from testbed.servers import ROOT, child_env
 from tests.helpers import get, gunicorn, wait_until
-from tests.servers import ROOT, child_env
 from wsgi_dbpool.control import CONTROL_SIGNAL, _catches, _children
 
 

@@ -175,7 +175,7 @@ def test_plain_threads_without_gevent(db):
     import subprocess
     import sys
 
-    from tests.servers import ROOT
+    from testbed.servers import ROOT
 
     env = {**os.environ, "TEST_MARIADB_PORT": str(db.port), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "tests.proc_max_hold_threads"], cwd=ROOT,
