@@ -121,9 +121,8 @@ PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("wsgi_dbpool")
@@ -387,66 +386,6 @@ def keep_server_caches(front: Any, carrier: Any) -> None:
     for name in SERVER_CACHES:
         if name in source and name not in target:
             target[name] = source[name]
-
-
-def override_front_methods(wrapper: Any, front: Any) -> None:
-    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``; with
-    ``hold="transaction"`` a cursor made while detached attaches at its first statement."""
-    cls = type(wrapper)
-
-    def connect() -> None:
-        front.attach(wrapper)
-
-    def get_autocommit() -> bool:
-        if wrapper.connection is None:  # detached: the next attachment restores this
-            if wrapper.closed_in_transaction and not wrapper.in_atomic_block:
-                # Closed inside atomic(), whose end has passed: Django's own answer
-                # connects, and connect() starts afresh. So does the next attachment.
-                reset_transaction_state(wrapper)
-                wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
-            return bool(wrapper.autocommit)
-        return bool(cls.get_autocommit(wrapper))
-
-    def set_autocommit(
-        autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
-    ) -> None:
-        cls.set_autocommit(wrapper, autocommit, force_begin_transaction_with_broken_autocommit)
-        if autocommit and front.per_transaction:
-            front.detach_if_idle(wrapper)  # the end of the outermost atomic(), on_commit run
-
-    def close() -> None:
-        try:
-            cls.close(wrapper)
-        finally:
-            front.detach(wrapper)  # the raw connection is closed: give the slot back
-
-    @contextlib.contextmanager
-    def temporary_connection() -> Iterator[Any]:
-        # Django's closes a connection it opened for the occasion; a front borrowed one:
-        # closing it would cost the pool a reconnect. Under hold="transaction" it is
-        # given back as after any statement; under "lazy" the work holds it as usual.
-        detached = wrapper.connection is None
-        try:
-            wrapper.ensure_connection()
-            with wrapper.cursor() as cursor:
-                yield cursor
-        finally:
-            if detached and front.per_transaction:
-                front.detach_if_idle(wrapper)
-
-    wrapper.connect = connect
-    wrapper.get_autocommit = get_autocommit
-    wrapper.set_autocommit = set_autocommit
-    wrapper.close = close
-    wrapper.temporary_connection = temporary_connection
-    if front.per_transaction:
-
-        def _cursor(name: str | None = None) -> Any:
-            if name is None and wrapper.connection is None:
-                return front.detached_cursor(wrapper)
-            return cls._cursor(wrapper, name)
-
-        wrapper._cursor = _cursor
 
 
 def driver_cursor_connection(django_cursor: Any) -> Any:

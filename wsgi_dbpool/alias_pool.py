@@ -14,7 +14,6 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from . import _concurrency, failover, session_state
@@ -29,7 +28,7 @@ from ._internals import (
     set_owner,
 )
 from .breaker import Breaker
-from .front import Front, Work
+from .lease import POOL_ATTR, in_lease
 from .pool import Pool
 from .session import reset_session
 from .settings import PoolSettings
@@ -55,7 +54,7 @@ logger = logging.getLogger("wsgi_dbpool")
 
 # Attributes this library sets on the wrappers it creates (and ``_wsgi_dbpool_holder``,
 # the ident of the greenlet holding it, or None).
-POOL_ATTR = "_wsgi_dbpool_pool"  # the AliasPool that owns the wrapper
+# (POOL_ATTR, in lease.py: the AliasPool that owns the wrapper)
 _OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
 _OPENED_AT = "_wsgi_dbpool_opened_at"  # when (monotonic) it was opened
 _EXPIRES = "_wsgi_dbpool_expires"  # when (monotonic) it reaches its max_lifetime, or None
@@ -115,15 +114,6 @@ class AliasPool:
                 alias, probe=self._probe, on_open=self.close_idle, count=self.pool.count
             )
         _serving[alias] = weakref.ref(self)
-        # How a unit of work takes and gives back this alias: the carrier itself for the
-        # whole work (hold="request"), or a front wrapper that borrows one when needed.
-        self.front: Front | None = None
-        self.take: Callable[[float | None, int, Work | None], Wrapper] = self.checkout
-        self.give: Callable[[Wrapper, bool], None] = self.checkin
-        if settings.hold != "request":
-            front = self.front = Front(self, per_transaction=settings.hold == "transaction")
-            self.take = lambda timeout, ident, work: front.take(work, ident)
-            self.give = front.give_back
 
     # -- wrapper lifecycle --------------------------------------------------------
 
@@ -263,7 +253,7 @@ class AliasPool:
 
     # -- checkout -----------------------------------------------------------------
 
-    def checkout(self, timeout: float | None, ident: int, work: Work | None = None) -> Any:
+    def checkout(self, timeout: float | None, ident: int) -> Any:
         """A wrapper owned by greenlet ``ident``, checked if it sat idle a while.
 
         Raises :class:`~wsgi_dbpool.errors.DatabaseUnavailable` at once while the
@@ -643,7 +633,5 @@ def on_connection_created(sender: object, connection: Any, **kwargs: object) -> 
     alias_pool = ref() if ref is not None else None
     if alias_pool is None:
         return
-    from .lease import in_lease
-
     if not in_lease(_concurrency.get_ident()):  # a lease closes its own at its end
         alias_pool.note_overflow(connection)

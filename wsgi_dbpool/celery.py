@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import PoolTimeout
-from .holds import HoldWatch
+from .hold_watch import HoldWatch
 from .middleware import PoolingMiddleware
 from .pool import Pool
 from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode

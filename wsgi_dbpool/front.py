@@ -14,19 +14,21 @@ log) belongs to the work, and stays with it across attachments.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _concurrency, _internals
+from .alias_pool import AliasPool
 from .errors import PoolError
 from .failover import FAILOVER_ATTR
+from .lease import Work, in_lease
 from .session_state import RAN_ATTR, SESSION_ATTR
 
 if TYPE_CHECKING:
-    from .alias_pool import AliasPool
-    from .holds import HoldWatch
+    from .hold_watch import HoldWatch
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -43,31 +45,17 @@ _KEEP_ATTACHED = frozenset(
 )
 
 
-class Work:
-    """The unit of work a front serves: where a wait at the cap is reported, and its label."""
-
-    __slots__ = ("environ", "timed_out", "timeout")
-
-    def __init__(self, timeout: float | None, environ: dict[str, Any] | None) -> None:
-        self.timeout = timeout
-        self.environ = environ  # the request's, or None for checkout() and greenlets
-        self.timed_out: PoolError | None = None  # a wait timed out, or the breaker refused
-
-    @property
-    def label(self) -> str:
-        if self.environ is None:
-            return "work outside a request"
-        return f"{self.environ.get('REQUEST_METHOD')} {self.environ.get('PATH_INFO')}"
-
-
 class Front:
-    """Makes, lends and takes back the front wrappers of one alias (one per pool)."""
+    """``hold="lazy"``/``"transaction"``: makes, lends and takes back the front wrappers of
+    one alias (one per alias pool); the strategy of :mod:`wsgi_dbpool.hold`."""
 
-    def __init__(self, alias_pool: AliasPool, *, per_transaction: bool) -> None:
+    def __init__(
+        self, alias_pool: AliasPool, *, per_transaction: bool, watch: HoldWatch | None = None
+    ) -> None:
         self.alias_pool = alias_pool
         self.alias = alias_pool.alias
         self.per_transaction = per_transaction
-        self.holds: HoldWatch | None = None
+        self.holds = watch  # holds are attachments, not works
         self._free: list[Any] = []
         self._generation = -1
         # hold="lazy": the greenlets holding (or waiting for) a connection of this alias,
@@ -88,7 +76,7 @@ class Front:
         setattr(wrapper, _WORK, work)
         return wrapper
 
-    def give_back(self, wrapper: Any, broken: bool = False) -> None:
+    def give(self, wrapper: Any, broken: bool = False) -> None:
         """End of the work: detach (through the verdict), reset, and keep for reuse."""
         try:
             if getattr(wrapper, _CARRIER) is not None:
@@ -108,7 +96,7 @@ class Front:
         setattr(wrapper, _WORK, None)
         wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         wrapper.health_check_enabled = wrapper.settings_dict["CONN_HEALTH_CHECKS"]
-        _internals.override_front_methods(wrapper, self)
+        _override_methods(wrapper, self)
         if self.per_transaction:
             # Outermost, so that the failover watch inside it has noted an error on the
             # front before the statement's end detaches (and hands the note on).
@@ -116,6 +104,16 @@ class Front:
         return wrapper
 
     # -- attach / detach --------------------------------------------------------------
+
+    def serve_spawned_greenlets(self) -> None:
+        """Give greenlets with no binding a front wrapper of this alias on first use.
+
+        A gevent greenlet spawned by a view that uses the ORM asks Django's connection
+        handler for a wrapper; instead of a connection of its own, outside the cap, it gets
+        a front wrapper, under the cap, given back when the greenlet ends.
+        """
+        _serving[self.alias] = weakref.ref(self)
+        _internals.install_create_connection(_create_connection)
 
     def attach(self, wrapper: Any) -> None:
         """``W.connect()``: borrow the raw connection of a carrier from the pool."""
@@ -311,6 +309,66 @@ class DetachedCursor:
         return getattr(real, name)
 
 
+def _override_methods(wrapper: Any, front: Front) -> None:
+    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``; with
+    ``hold="transaction"`` a cursor made while detached attaches at its first statement."""
+    cls = type(wrapper)
+
+    def connect() -> None:
+        front.attach(wrapper)
+
+    def get_autocommit() -> bool:
+        if wrapper.connection is None:  # detached: the next attachment restores this
+            if wrapper.closed_in_transaction and not wrapper.in_atomic_block:
+                # Closed inside atomic(), whose end has passed: Django's own answer
+                # connects, and connect() starts afresh. So does the next attachment.
+                _internals.reset_transaction_state(wrapper)
+                wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
+            return bool(wrapper.autocommit)
+        return bool(cls.get_autocommit(wrapper))
+
+    def set_autocommit(
+        autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
+    ) -> None:
+        cls.set_autocommit(wrapper, autocommit, force_begin_transaction_with_broken_autocommit)
+        if autocommit and front.per_transaction:
+            front.detach_if_idle(wrapper)  # the end of the outermost atomic(), on_commit run
+
+    def close() -> None:
+        try:
+            cls.close(wrapper)
+        finally:
+            front.detach(wrapper)  # the raw connection is closed: give the slot back
+
+    @contextlib.contextmanager
+    def temporary_connection() -> Iterator[Any]:
+        # Django's closes a connection it opened for the occasion; a front borrowed one:
+        # closing it would cost the pool a reconnect. Under hold="transaction" it is
+        # given back as after any statement; under "lazy" the work holds it as usual.
+        detached = wrapper.connection is None
+        try:
+            wrapper.ensure_connection()
+            with wrapper.cursor() as cursor:
+                yield cursor
+        finally:
+            if detached and front.per_transaction:
+                front.detach_if_idle(wrapper)
+
+    wrapper.connect = connect
+    wrapper.get_autocommit = get_autocommit
+    wrapper.set_autocommit = set_autocommit
+    wrapper.close = close
+    wrapper.temporary_connection = temporary_connection
+    if front.per_transaction:
+
+        def _cursor(name: str | None = None) -> Any:
+            if name is None and wrapper.connection is None:
+                return front.detached_cursor(wrapper)
+            return cls._cursor(wrapper, name)
+
+        wrapper._cursor = _cursor
+
+
 def _reset_work_state(wrapper: Any) -> None:
     """What the next work must not inherit from this one (the verdict closed what it had)."""
     if (
@@ -332,33 +390,21 @@ def _reset_work_state(wrapper: Any) -> None:
 
 # -- greenlets spawned by a view ------------------------------------------------------------
 
+# The front serving each alias's spawned greenlets in this process.
 _serving: dict[str, weakref.ref[Front]] = {}
-
-
-def serve_spawned_greenlets(front: Front) -> None:
-    """Give greenlets with no binding a front wrapper of ``front``'s alias on first use.
-
-    A gevent greenlet spawned by a view that uses the ORM asks Django's connection handler
-    for a wrapper; instead of a connection of its own, outside the cap, it gets a front
-    wrapper, under the cap, given back when the greenlet ends.
-    """
-    _serving[front.alias] = weakref.ref(front)
-    _internals.install_create_connection(_create_connection)
 
 
 def _create_connection(alias: str) -> Any:
     ref = _serving.get(alias)
     front = ref() if ref is not None else None
     if front is not None:
-        from .lease import in_lease
-
         ident = _concurrency.get_ident()
         if not in_lease(ident) and not _would_wait_for_its_spawner(front):
             wrapper = front.take(Work(front.alias_pool.settings.timeout, None), ident)
-            if _concurrency.at_greenlet_exit(lambda: front.give_back(wrapper)):
+            if _concurrency.at_greenlet_exit(lambda: front.give(wrapper)):
                 front.alias_pool.pool.count("spawned")
                 return wrapper
-            front.give_back(wrapper)  # not a greenlet we can watch: Django's own
+            front.give(wrapper)  # not a greenlet we can watch: Django's own
     return _internals.django_create_connection(alias)
 
 

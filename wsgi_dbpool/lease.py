@@ -11,22 +11,60 @@ from __future__ import annotations
 import _thread
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _internals
-from .alias_pool import POOL_ATTR
+from .errors import PoolError
 
 if TYPE_CHECKING:
-    from .alias_pool import AliasPool
-    from .front import Work
+    from .hold_watch import HoldWatch
 
 logger = logging.getLogger("wsgi_dbpool")
 
 UNBOUND: Any = object()
 
+# Set on the wrappers the pool makes: the AliasPool that owns the wrapper.
+POOL_ATTR = "_wsgi_dbpool_pool"
+
 # Greenlets (or threads) inside a lease, by ident: how many leases each is inside.
 # A connection a pooled alias opens elsewhere is outside the pool (see AliasPool).
 _leased: dict[int, int] = {}
+
+
+class Work:
+    """One unit of work (a request, a ``checkout()`` block, a task): how long it waits at
+    the cap, what it is called in the logs, and where a wait that timed out inside the
+    work is reported (so the middleware can answer 503 rather than 500)."""
+
+    __slots__ = ("environ", "name", "timed_out", "timeout")
+
+    def __init__(
+        self, timeout: float | None, environ: dict[str, Any] | None = None, name: str | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.environ = environ  # the request's, or None for checkout() and greenlets
+        self.name = name
+        self.timed_out: PoolError | None = None  # a wait timed out, or the breaker refused
+
+    @property
+    def label(self) -> str:
+        if self.name is not None:
+            return self.name
+        if self.environ is None:
+            return "work outside a request"
+        return f"{self.environ.get('REQUEST_METHOD')} {self.environ.get('PATH_INFO')}"
+
+
+class Hold(Protocol):
+    """How a unit of work holds one alias's connections (see :mod:`wsgi_dbpool.hold`)."""
+
+    alias: str
+
+    def take(self, work: Work, ident: int) -> Any:
+        """A wrapper for greenlet ``ident`` to bind for ``work``."""
+
+    def give(self, wrapper: Any, broken: bool = False) -> None:
+        """Take back what :meth:`take` gave, exactly once."""
 
 
 def in_lease(ident: int) -> bool:
@@ -132,17 +170,19 @@ class Lease:
     call time, so it is gevent's once patched: one id per greenlet).
     """
 
-    __slots__ = ("_entries", "_ident", "_released", "_storage", "_unpooled")
+    __slots__ = ("_entries", "_ident", "_released", "_storage", "_token", "_unpooled", "_watch")
 
     def __init__(
         self,
-        pools: Sequence[AliasPool],
+        holds: Sequence[Hold],
         storage: Any,
-        timeout: float | None,
+        work: Work,
         unpooled: Sequence[str] = (),
-        work: Work | None = None,
+        watch: HoldWatch | None = None,
     ) -> None:
-        self._entries: list[tuple[AliasPool, Any, Any]] = []
+        self._entries: list[tuple[Hold, Any, Any]] = []
+        self._watch = watch
+        self._token = -1
         self._storage = storage
         self._released = False
         self._ident = ident = _thread.get_ident()
@@ -153,17 +193,19 @@ class Lease:
             [a for a in unpooled if _bound(storage, a) is UNBOUND] if unpooled else None
         )
         try:
-            for alias_pool in pools:
-                alias = alias_pool.alias
+            for hold in holds:
+                alias = hold.alias
                 previous = _bound(storage, alias)
                 if previous is not UNBOUND and previous.__dict__.get("_wsgi_dbpool_holder") == ident:
                     continue  # already leased to this greenlet: reuse, don't nest
-                wrapper = alias_pool.take(timeout, ident, work)
-                self._entries.append((alias_pool, wrapper, previous))
+                wrapper = hold.take(work, ident)
+                self._entries.append((hold, wrapper, previous))
                 setattr(storage, alias, wrapper)
         except BaseException as exc:
             self.release(broken=interrupted(exc))
             raise
+        if watch is not None:  # watched from when the connections are held
+            self._token = watch.start(work.label)
 
     def release(self, broken: bool = False) -> None:
         """Unbind and return every wrapper; later calls do nothing.
@@ -174,15 +216,17 @@ class Lease:
         if self._released:
             return
         self._released = True
+        if self._watch is not None:
+            self._watch.finish(self._token)
         ident = self._ident
         depth = _leased.pop(ident, 1) - 1
         if depth:
             _leased[ident] = depth
         storage = self._storage
         error: BaseException | None = None
-        for alias_pool, wrapper, previous in reversed(self._entries):
+        for hold, wrapper, previous in reversed(self._entries):
             try:
-                alias = alias_pool.alias
+                alias = hold.alias
                 # Only undo our own binding: close() may come from another greenlet
                 # (a server that closes elsewhere, or a dropped response). Then the
                 # binding left in the holder's greenlet is forgotten the next time it
@@ -194,7 +238,7 @@ class Lease:
                         setattr(storage, alias, previous)
             finally:
                 try:
-                    alias_pool.give(wrapper, broken)
+                    hold.give(wrapper, broken)
                 except BaseException as exc:  # keep returning the other aliases first
                     error = error or exc
         self._entries.clear()

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 from webob.exc import HTTPServiceUnavailable
 
 from . import _concurrency, alias_pool, checks, quiet
-from . import front as front_module
 from .alias_pool import AliasPool
 from .breaker import retry_after_header
 from .errors import DatabaseUnavailable, PoolError, PoolTimeout
-from .front import Work
-from .holds import HoldWatch
-from .lease import ConnectionSlots, Lease, interrupted
+from .hold import hold_for
+from .hold_watch import HoldWatch
+from .lease import ConnectionSlots, Lease, Work, interrupted
 from .pool import Pool
 from .response import ClosingIterable, hook_file_wrapper
 from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode, check_seconds
@@ -161,16 +160,16 @@ class PoolingMiddleware:
         self._unpooled = tuple(unpooled)
         self._every_alias = (*self.aliases, *self._unpooled)
         self._pools = [AliasPool(alias, settings) for alias in self.aliases]
+        # The hold mode, chosen once: the long-hold watch runs per lease under "request",
+        # per attachment (in the fronts) otherwise.
+        self._lease_watch = self._holds if hold == "request" else None
+        self._hold = [hold_for(pool, settings, self._holds) for pool in self._pools]
         self._storage: Any = None
         self._storage_generation = -1
         self._prewarmed_generation = -1
         self._unavailable_log = quiet.UnavailableLog()
         if hold != "request":
             quiet.drop_answered_503s()
-            for pool in self._pools:
-                assert pool.front is not None
-                pool.front.holds = self._holds  # holds are attachments, not requests
-                front_module.serve_spawned_greenlets(pool.front)
 
         from django.db.backends.signals import connection_created
 
@@ -215,13 +214,14 @@ class PoolingMiddleware:
         try:
             if self._storage_generation != _concurrency._fork_generation:
                 self._connection_storage()
-            lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled)
+            lease = Lease(
+                self._hold, self._storage, Work(self.settings.timeout, environ), self._unpooled,
+                self._lease_watch,
+            )
         except PoolError as exc:
             timed_out = exc
         else:
-            release: Callable[[bool], None] = lease.release
-            if self._holds is not None:
-                release = _watched(self._holds, lease, environ)
+            release = lease.release
             try:
                 result = self.app(environ, start_response)
             except BaseException as exc:
@@ -248,7 +248,7 @@ class PoolingMiddleware:
         if self._storage_generation != _concurrency._fork_generation:
             self._connection_storage()
         work = environ[quiet.WORK_KEY] = Work(self.settings.timeout, environ)
-        lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled, work)
+        lease = Lease(self._hold, self._storage, work, self._unpooled)
         unavailable: list[Iterable[bytes]] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -292,7 +292,7 @@ class PoolingMiddleware:
     ) -> Iterable[bytes]:
         """No checkout; but a connection the request opens anyway is closed at its end,
         or it would linger in the greenlet (the leak this library exists to stop)."""
-        lease = Lease((), self._connection_storage(), None, self._every_alias)
+        lease = Lease((), self._connection_storage(), Work(None, environ), self._every_alias)
         try:
             result = self.app(environ, start_response)
         except BaseException:
@@ -335,8 +335,7 @@ class PoolingMiddleware:
         """
         wait = self.settings.timeout if timeout is ... else timeout
         check_seconds("timeout", wait)
-        work = Work(wait, None) if self.settings.hold != "request" else None
-        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled, work)
+        lease = Lease(self._hold, self._connection_storage(), Work(wait), self._unpooled)
         try:
             yield
         except BaseException as exc:
@@ -463,19 +462,6 @@ class PoolingMiddleware:
             self._storage_generation = _concurrency.fork_generation()
             self.prewarm()
         return self._storage
-
-
-def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callable[[bool], None]:
-    """``lease.release``, also ending the request's watch for long holds."""
-    token = holds.start(f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}")
-
-    def release(broken: bool = False) -> None:
-        try:
-            lease.release(broken)
-        finally:
-            holds.finish(token)
-
-    return release
 
 
 def _check_engine(alias: str, settings: dict[str, Any]) -> None:
