@@ -28,13 +28,15 @@ from ._internals import (
     set_owner,
 )
 from .breaker import Breaker
-from .lease import POOL_ATTR, in_lease
+from .lease import in_lease
 from .pool import Pool
+from .record import Record, record_of, record_or_none
 from .session import reset_session
 from .settings import PoolSettings
 from .verdict import (
     CHECK,
     CLOSE,
+    DRAINED,
     FAIL_OVER,
     INTERRUPTED,
     KEEP,
@@ -43,6 +45,8 @@ from .verdict import (
     RESET,
     ROLL_BACK,
     SESSION_CHANGED,
+    UNKNOWN,
+    Action,
     judge,
     judge_settled,
 )
@@ -52,13 +56,7 @@ Wrapper = Any
 
 logger = logging.getLogger("wsgi_dbpool")
 
-# Attributes this library sets on the wrappers it creates (and ``_wsgi_dbpool_holder``,
 # the ident of the greenlet holding it, or None).
-# (POOL_ATTR, in lease.py: the AliasPool that owns the wrapper)
-_OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
-_OPENED_AT = "_wsgi_dbpool_opened_at"  # when (monotonic) it was opened
-_EXPIRES = "_wsgi_dbpool_expires"  # when (monotonic) it reaches its max_lifetime, or None
-_TAKEN = "_wsgi_dbpool_taken"  # when (monotonic) it was last checked out
 
 # What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
 POLICY_EVENTS = (
@@ -69,9 +67,6 @@ POLICY_EVENTS = (
 BREAKER_OPEN = "breaker_open"  # 1 while fail_fast's breaker is open, else 0
 POLICY_GAUGES = (BREAKER_OPEN,)
 
-# The return verdict of a connection opened before the last drain(): close, and
-# give back a new wrapper (made from the alias's settings as they are now).
-DRAINED = "drained"
 
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
@@ -124,18 +119,9 @@ class AliasPool:
         """A wrapper from Django's own factory, marked as ours: no I/O, it connects on
         first use (a carrier), or borrows a carrier's connection (a front)."""
         wrapper = django_create_connection(self.alias)
-        setattr(wrapper, POOL_ATTR, self)
-        wrapper._wsgi_dbpool_holder = None
-        setattr(wrapper, _OPEN_ATTR, False)
-        setattr(wrapper, _OPENED_AT, 0.0)
-        setattr(wrapper, _EXPIRES, None)
-        setattr(wrapper, _TAKEN, 0.0)
-        setattr(wrapper, failover.FAILOVER_ATTR, None)
+        wrapper._wsgi_dbpool = Record(self)  # record.RECORD_ATTR
         # Django's public per-connection hook; it stays first, so it sees every error.
         wrapper.execute_wrappers.insert(0, failover.watch)
-        setattr(wrapper, session_state.SESSION_ATTR, None)
-        setattr(wrapper, session_state.RAN_ATTR, False)
-        setattr(wrapper, session_state.SETUP_ATTR, False)
         if self._watch_session is None:
             self._watch_session = (
                 session_state.watcher(wrapper.vendor, self.settings.session_state) or False
@@ -148,7 +134,7 @@ class AliasPool:
     def _timed(self, wrapper: Wrapper) -> Any:
         note_connect = self.pool.note_connect
         connect = wrapper.connect
-        state = wrapper.__dict__
+        record = record_of(wrapper)
         breaker = self.breaker
 
         def timed_connect() -> None:
@@ -158,7 +144,7 @@ class AliasPool:
             ):
                 breaker.refuse()  # checked out before the breaker opened: no connect now
             started = time.monotonic()
-            state[session_state.SETUP_ATTR] = True  # Django's session set-up: not the work's
+            record.setup = True  # Django's session set-up: not the work's
             try:
                 connect()
             except RuntimeError as exc:  # the server answered: not a reason to trip the breaker
@@ -169,7 +155,7 @@ class AliasPool:
                     breaker.failed(exc)
                 raise
             finally:
-                state[session_state.SETUP_ATTR] = False
+                record.setup = False
                 note_connect(time.monotonic() - started)
 
         return timed_connect
@@ -204,20 +190,20 @@ class AliasPool:
         self.note_closed(wrapper)
 
     def note_opened(self, wrapper: Wrapper) -> None:
-        if getattr(wrapper, _OPEN_ATTR, False):
+        record = record_of(wrapper)
+        if record.open:
             # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
             self.pool.count("closed")
-        setattr(wrapper, _OPEN_ATTR, True)
+        record.open = True
         # A new session is a clean one (what Django's set-up just sent does not count).
-        setattr(wrapper, session_state.SESSION_ATTR, None)
-        now = time.monotonic()
-        setattr(wrapper, _OPENED_AT, now)
+        record.session = None
+        record.opened_at = now = time.monotonic()
         lifetime = self.settings.max_lifetime
         if lifetime is not None:
             # Drawn per connection, so that connections opened together do not all
             # expire (and reconnect) in the same second. It replaces CONN_MAX_AGE.
             jitter = self.settings.lifetime_jitter
-            setattr(wrapper, _EXPIRES, now + lifetime * (1.0 - jitter * random.random()))
+            record.expires = now + lifetime * (1.0 - jitter * random.random())
             wrapper.close_at = None
         self.pool.count("opened")
         if self.settings.statement_timeout is not None:
@@ -247,8 +233,9 @@ class AliasPool:
 
     def note_closed(self, wrapper: Wrapper) -> None:
         closed = wrapper.connection is None or wrapper.closed_in_transaction
-        if closed and getattr(wrapper, _OPEN_ATTR, False):
-            setattr(wrapper, _OPEN_ATTR, False)
+        record = record_of(wrapper)
+        if closed and record.open:
+            record.open = False
             self.pool.count("closed")
 
     # -- checkout -----------------------------------------------------------------
@@ -267,12 +254,12 @@ class AliasPool:
         wrapper, idle_since = self.pool.acquire(timeout)
         # Ownership moves to the caller; Django checks it on every use.
         set_owner(wrapper, ident)
-        wrapper._wsgi_dbpool_holder = ident
-        wrapper._wsgi_dbpool_taken = now = time.monotonic()  # _TAKEN, for the hold time
-        wrapper._wsgi_dbpool_ran = False  # session_state.RAN_ATTR
+        record: Record = wrapper._wsgi_dbpool
+        record.holder = ident
+        record.taken = now = time.monotonic()  # for the hold time
+        record.ran = False
         if wrapper.connection is not None and (
-            wrapper._wsgi_dbpool_opened_at < self._replace_before  # _OPENED_AT
-            or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
+            record.opened_at < self._replace_before or (record.expires or now) < now
         ):
             self._retire(wrapper)
         if (
@@ -288,7 +275,7 @@ class AliasPool:
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""
-        opened_at = getattr(wrapper, _OPENED_AT)
+        opened_at = record_of(wrapper).opened_at
         if opened_at < self._failover_at:
             # Busy during a failover and returned clean: it still points at the old server.
             self._close(wrapper, "opened before the last failover")
@@ -338,7 +325,7 @@ class AliasPool:
 
     # -- return -------------------------------------------------------------------
 
-    def checkin(self, wrapper: Any, broken: bool = False) -> None:
+    def checkin(self, wrapper: Any, broken: bool = False, trouble: Any = UNKNOWN) -> None:
         """Make the wrapper safe for the next holder, then give it back, exactly once.
 
         ``broken``: the holder was interrupted (see :func:`wsgi_dbpool.lease.interrupted`).
@@ -347,15 +334,16 @@ class AliasPool:
         (an interrupt inside the rollback, say) closes the connection; an interrupt
         is then re-raised, for the caller it was meant for.
         """
-        wrapper._wsgi_dbpool_holder = None
+        record: Record = wrapper._wsgi_dbpool
+        record.holder = None
         wrapper.rollback_exc = None  # the holder's; a new thread's wrapper has none
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
         if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on
             wrapper.queries_log.clear()
-        action, reason = judge(wrapper, broken, self.reset_session)
-        taken = wrapper._wsgi_dbpool_taken  # _TAKEN
-        if action is KEEP and wrapper._wsgi_dbpool_opened_at >= self._drained_at:
+        action, reason = judge(wrapper, broken, self.reset_session, trouble)
+        taken = record.taken
+        if action is KEEP and record.opened_at >= self._drained_at:
             # the clean path, decided from memory alone
             wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
             set_owner(wrapper, NOBODY)
@@ -368,14 +356,14 @@ class AliasPool:
             set_owner(wrapper, _concurrency.get_ident())  # whoever returns it acts on it
             giving = self._carry_out(wrapper, action, reason)
         except BaseException as exc:
-            giving = self._discard(wrapper, f"{action} failed ({exc!r})")
+            giving = self._discard(wrapper, f"{action.value} failed ({exc!r})")
             if not isinstance(exc, Exception):
                 raise
         finally:
             set_owner(giving, NOBODY)
             self.pool.release(giving, reusable=True, taken=taken)
 
-    def _carry_out(self, wrapper: Wrapper, action: str, reason: str) -> Wrapper:
+    def _carry_out(self, wrapper: Wrapper, action: Action, reason: str) -> Wrapper:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""
         if action is FAIL_OVER:
             return self._fail_over(wrapper, reason)
@@ -418,8 +406,9 @@ class AliasPool:
     def _fail_over(self, wrapper: Wrapper, reason: str) -> Wrapper:
         """Close this connection and every idle one of the alias: they all point at the
         server that failed over. Counted and logged once per failover."""
-        setattr(wrapper, failover.FAILOVER_ATTR, None)
-        if getattr(wrapper, _OPENED_AT) >= self._failover_at:  # not seen before
+        record = record_of(wrapper)
+        record.failover = None
+        if record.opened_at >= self._failover_at:  # not seen before
             self._failover_at = time.monotonic()
             self._replace_before = max(self._replace_before, self._failover_at)
             self.pool.count("failovers")
@@ -439,16 +428,17 @@ class AliasPool:
         return wrapper
 
     def _reset_session(self, wrapper: Wrapper) -> None:
-        setattr(wrapper, session_state.SETUP_ATTR, True)  # the set-up replayed: not the work's
+        record = record_of(wrapper)
+        record.setup = True  # the set-up replayed: not the work's
         try:
             done = reset_session(wrapper)
             if done and self.settings.statement_timeout is not None:
                 self._limit_statements(wrapper)  # the reset put the server's default back
         finally:
-            setattr(wrapper, session_state.SETUP_ATTR, False)
+            record.setup = False
         if done:
             # Clean now (Django's session set-up, replayed by the reset, was watched too).
-            setattr(wrapper, session_state.SESSION_ATTR, None)
+            record.session = None
         else:  # no reset on this backend: a fresh connection is
             self._warn_once(                 # the clean one
                 "no-reset",
@@ -625,9 +615,9 @@ def connection_label(wrapper: Wrapper) -> str:
 def on_connection_created(sender: object, connection: Any, **kwargs: object) -> None:
     """``connection_created`` receiver: counts what pooled wrappers open, and notices a
     connection a pooled alias opens outside the pool and outside any lease."""
-    owner = connection.__dict__.get(POOL_ATTR)
-    if owner is not None:
-        owner.note_opened(connection)
+    record = record_or_none(connection)
+    if record is not None:
+        record.pool.note_opened(connection)
         return
     ref = _serving.get(connection.alias)
     alias_pool = ref() if ref is not None else None

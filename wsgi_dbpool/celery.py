@@ -29,13 +29,11 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from types import EllipsisType
 from typing import Any
 
-from .core import DjangoPool, Stats
+from .core import DjangoPool, Steering
 from .errors import PoolTimeout
-from .pool import Pool
-from .settings import HoldMode, Knobs, PoolSettings, ResetMode, SessionStateMode
+from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -61,14 +59,14 @@ class _CutShort(BaseException):
         self.exc = exc
 
 
-class TaskPool(Knobs):
+class TaskPool(Steering):
     """The pool serving one Celery app's tasks in each worker process; see :func:`pool_tasks`.
 
     A thin layer over the pool core (:class:`~wsgi_dbpool.core.DjangoPool`), built once
     Django is set up. ``settings`` are checked when :func:`pool_tasks` is called; the
     knobs read as attributes here too (``pool.size``). :meth:`stats`, :meth:`close`,
-    :meth:`resize`, :meth:`drain`, :meth:`pause` and :meth:`resume` are those of
-    :class:`~wsgi_dbpool.PoolingMiddleware`, for this process.
+    :meth:`resize`, :meth:`drain`, :meth:`pause`, :meth:`resume` and :meth:`prewarm` are
+    those of :class:`~wsgi_dbpool.PoolingMiddleware`, for this process.
     """
 
     def __init__(self, app: Any, settings: PoolSettings, aliases: Iterable[str] | None) -> None:
@@ -78,10 +76,6 @@ class TaskPool(Knobs):
         self.aliases = aliases if aliases is None or isinstance(aliases, str) else tuple(aliases)
         self._core: DjangoPool | None = None
 
-    @property
-    def prewarm(self) -> int:
-        return self.settings.prewarm
-
     def core(self) -> DjangoPool:
         """The pool core, built once Django is set up: every argument is checked here."""
         if self._core is None:
@@ -89,35 +83,8 @@ class TaskPool(Knobs):
             self.aliases = self._core.aliases
         return self._core
 
-    def stats(self) -> Stats:
-        """This process's pool, per alias: the keys of :meth:`PoolingMiddleware.stats`."""
-        return self.core().stats()
-
-    def pools(self) -> dict[str, Pool[Any]]:
-        """The pool mechanism behind each alias (for exporters: Prometheus, OpenTelemetry)."""
-        return self.core().pools()
-
-    def resize(
-        self,
-        *,
-        size: int | EllipsisType = ...,
-        max_outstanding: int | EllipsisType | None = ...,
-        alias: str | None = None,
-    ) -> None:
-        """:meth:`PoolingMiddleware.resize` for this process's pool."""
-        self.core().resize(size=size, max_outstanding=max_outstanding, alias=alias)
-
-    def drain(self, alias: str | None = None) -> None:
-        """:meth:`PoolingMiddleware.drain` for this process's pool."""
-        self.core().drain(alias)
-
-    def pause(self, alias: str | None = None) -> None:
-        """:meth:`PoolingMiddleware.pause` for this process's pool."""
-        self.core().pause(alias)
-
-    def resume(self, alias: str | None = None) -> None:
-        """:meth:`PoolingMiddleware.resume` for this process's pool."""
-        self.core().resume(alias)
+    def _steered(self) -> DjangoPool:
+        return self.core()
 
     def close(self) -> None:
         """Close every idle pooled connection of this process; later tasks still work."""

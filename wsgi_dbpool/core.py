@@ -195,6 +195,90 @@ class DjangoPool(Knobs):
         return chosen
 
 
+class Steering(Knobs):
+    """What an adapter (the middleware, the Celery task pool) offers of its core: the
+    knobs as attributes, and the core's steering, documented once here."""
+
+    def _steered(self) -> DjangoPool:
+        raise NotImplementedError
+
+    def pools(self) -> dict[str, Pool[Any]]:
+        """The pool mechanism behind each alias (for exporters such as Prometheus)."""
+        return self._steered().pools()
+
+    def prewarm(self) -> None:
+        """Start opening ``prewarm`` connections per alias in the background, once per
+        process; returns at once. Done anyway at the first request; call it earlier
+        from gunicorn's ``post_worker_init`` (the worker, never the master)."""
+        self._steered().prewarm()
+
+    def resize(
+        self,
+        *,
+        size: int | EllipsisType = ...,
+        max_outstanding: int | EllipsisType | None = ...,
+        alias: str | None = None,
+    ) -> None:
+        """Change ``size`` and/or ``max_outstanding`` of ``alias`` (None: every pooled
+        alias) for the checkouts from now on, checked by the constructor's rules.
+
+        A higher cap serves waiting requests at once. A lower one takes nothing back:
+        the work in flight finishes, and new checkouts wait until the count is below
+        the new cap. Idle connections beyond the new ``size`` are closed now.
+        """
+        self._steered().resize(size=size, max_outstanding=max_outstanding, alias=alias)
+
+    def drain(self, alias: str | None = None) -> None:
+        """Replace every connection of ``alias`` (None: every pooled alias).
+
+        Idle connections close now; those in use close when they come back. New ones
+        are made from ``settings.DATABASES[alias]`` as it is then: change it in place
+        (e.g. its ``PASSWORD`` after rotating credentials, or its ``HOST`` after a
+        switchover), then drain. Requests go on being served throughout.
+        """
+        self._steered().drain(alias)
+
+    def pause(self, alias: str | None = None) -> None:
+        """New checkouts of ``alias`` (None: every pooled alias) wait, up to ``timeout``
+        (then 503), while the work in flight finishes; for planned maintenance or a
+        switchover. :meth:`resume` serves the waiting requests in arrival order."""
+        self._steered().pause(alias)
+
+    def resume(self, alias: str | None = None) -> None:
+        """End :meth:`pause`: the waiting requests are served in arrival order."""
+        self._steered().resume(alias)
+
+    def stats(self) -> Stats:
+        """This process's pool, per alias, as a flat dict of numbers.
+
+        ``idle``, ``in_use``, ``waiting``: now. ``size``, ``max_outstanding``: the
+        settings. Lifetime counters: ``checkouts``, ``waits`` (checkouts that had to
+        queue), ``wait_seconds`` (their total wait), ``timeouts``, ``handoffs``
+        (returns given straight to a waiter), ``created`` (wrappers made),
+        ``discarded`` (returns not kept: surplus or closed), ``opened`` and
+        ``closed`` (server connections), ``stale`` (found dead on checkout),
+        ``dirty`` (returned inside a transaction, or with autocommit changed),
+        ``broken`` (closed on return: interrupted, or closed, mid-command or mid-result in
+        the driver), ``overflow`` (opened for a pooled alias outside any lease: greenlets
+        with no ``checkout()``), ``spawned`` (greenlets spawned by a view that took a
+        pooled connection, with ``hold="lazy"``/``"transaction"``), ``failovers``
+        (read-only or failover errors that closed the alias's connections), ``pinned``
+        (units of work that left state on their session: reset on return, and under
+        ``hold="transaction"`` kept their connection to their end),
+        ``hold_seconds`` (total time connections were checked out), ``connects`` and
+        ``connect_seconds`` (connect attempts and their total time), ``rejected``
+        (turned away at ``max_waiting``), ``paused`` (1 while paused),
+        ``breaker_open`` (1 while ``fail_fast``'s breaker is open), ``unavailable``
+        (requests answered at once while it was), ``drained`` (calls of :meth:`drain`).
+        """
+        return self._steered().stats()
+
+    def close(self) -> None:
+        """Close every idle pooled connection (worker shutdown), and stop ``fail_fast``'s
+        probes; the pool stays usable (a task pool not yet built: nothing to close)."""
+        self._steered().close()
+
+
 def _check_engine(alias: str, settings: dict[str, Any]) -> None:
     """Load the alias's backend now (no connection), so a typo fails at start-up."""
     from django.core.exceptions import ImproperlyConfigured

@@ -7,15 +7,14 @@ the end of the request Django pings a connection that had an error and forgets t
 error if the ping works, which a read-only server's does. So pooled wrappers carry
 :func:`watch`, a Django ``execute_wrapper`` (the public per-connection hook), which
 writes the reason on the wrapper; the return-path verdict then closes that
-connection and the alias's idle ones (see :mod:`wsgi_dbpool.verdict`).
+connection and the alias's idle ones (see :mod:`wsgi_dbpool.verdict`). The reason is
+kept in the wrapper's record (:mod:`wsgi_dbpool.record`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-FAILOVER_ATTR = "_wsgi_dbpool_failover"  # the reason, or None: set on pooled wrappers
 
 # MySQL / MariaDB error numbers (the first argument of the driver's error).
 MYSQL_ERRORS = {
@@ -56,5 +55,5 @@ def watch(
     except Exception as exc:
         reason = failover_error(exc)
         if reason is not None:
-            setattr(context["connection"], FAILOVER_ATTR, reason)
+            context["connection"]._wsgi_dbpool.failover = reason  # its record
         raise

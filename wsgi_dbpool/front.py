@@ -23,26 +23,33 @@ from typing import TYPE_CHECKING, Any
 from . import _concurrency, _internals
 from .alias_pool import AliasPool
 from .errors import PoolError
-from .failover import FAILOVER_ATTR
 from .lease import Work, in_lease
-from .session_state import RAN_ATTR, SESSION_ATTR
+from .record import Record, record_of
+from .verdict import UNKNOWN
 
 if TYPE_CHECKING:
     from .hold_watch import HoldWatch
 
 logger = logging.getLogger("wsgi_dbpool")
 
-# Attributes on a front wrapper.
-FRONT_ATTR = "_wsgi_dbpool_front"  # the Front that made it
-_CARRIER = "_wsgi_dbpool_carrier"  # the checked-out carrier while attached, else None
-_WORK = "_wsgi_dbpool_work"  # the Work it serves while taken
-_COPIED_FROM = "_wsgi_dbpool_copied_from"  # the carrier whose connect() state it last took
-
 # What may still be going on after a statement, by the driver's account: a transaction
 # (also autocommit switched off by SQL: the next statements are one) or an unread result.
-_KEEP_ATTACHED = frozenset(
+_STILL_BUSY = frozenset(
     (_internals.IN_TRANSACTION, _internals.AUTOCOMMIT_CHANGED, _internals.MID_RESULT)
 )
+# keep_attached()'s answer when the front keeps its connection.
+KEEP_ATTACHED: Any = object()
+
+
+def keep_attached(wrapper: Any, record: Record, raw: Any) -> Any:
+    """After a statement (``hold="transaction"``): :data:`KEEP_ATTACHED` while the work is
+    pinned (it changed the session), inside ``atomic()``, with autocommit off, or while the
+    driver reports a transaction or a result still to read; otherwise what the driver
+    reported (None: nothing), which the verdict reuses: one probe per statement."""
+    if record.session is not None or wrapper.in_atomic_block or not wrapper.autocommit:
+        return KEEP_ATTACHED
+    trouble = _internals.driver_trouble(raw, True)
+    return KEEP_ATTACHED if trouble in _STILL_BUSY else trouble
 
 
 class Front:
@@ -71,29 +78,29 @@ class Front:
             self._generation = _concurrency._fork_generation
         wrapper = self._free.pop() if self._free else self._make()
         _internals.set_owner(wrapper, ident)
-        wrapper._wsgi_dbpool_holder = ident
+        record: Record = wrapper._wsgi_dbpool
+        record.holder = ident
+        record.work = work
         wrapper.health_check_done = False  # CONN_HEALTH_CHECKS: once per unit of work
-        setattr(wrapper, _WORK, work)
         return wrapper
 
     def give(self, wrapper: Any, broken: bool = False) -> None:
         """End of the work: detach (through the verdict), reset, and keep for reuse."""
+        record: Record = wrapper._wsgi_dbpool
         try:
-            if getattr(wrapper, _CARRIER) is not None:
+            if record.carrier is not None:
                 _internals.set_owner(wrapper, _concurrency.get_ident())
                 self.detach(wrapper, broken)
         finally:
-            setattr(wrapper, _WORK, None)
-            wrapper._wsgi_dbpool_holder = None
+            record.work = None
+            record.holder = None
             _internals.set_owner(wrapper, _internals.NOBODY)
             _reset_work_state(wrapper)
             self._free.append(wrapper)
 
     def _make(self) -> Any:
         wrapper = self.alias_pool.new_wrapper()
-        setattr(wrapper, FRONT_ATTR, self)
-        setattr(wrapper, _CARRIER, None)
-        setattr(wrapper, _WORK, None)
+        record_of(wrapper).front = self
         wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         wrapper.health_check_enabled = wrapper.settings_dict["CONN_HEALTH_CHECKS"]
         _override_methods(wrapper, self)
@@ -117,7 +124,8 @@ class Front:
 
     def attach(self, wrapper: Any) -> None:
         """``W.connect()``: borrow the raw connection of a carrier from the pool."""
-        work: Work | None = getattr(wrapper, _WORK)
+        record: Record = wrapper._wsgi_dbpool
+        work = record.work
         timeout = work.timeout if work is not None else self.alias_pool.settings.timeout
         ident = _concurrency.get_ident()
         if not self.per_transaction:
@@ -150,13 +158,13 @@ class Front:
         wrapper.closed_in_transaction = False
         wrapper.errors_occurred = False
         wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
-        setattr(wrapper, RAN_ATTR, False)  # nothing of this work on this connection yet
-        if wrapper.__dict__.get(_COPIED_FROM) is not carrier:  # once per pair: it is per alias
+        record.ran = False  # nothing of this work on this connection yet
+        if record.copied_from is not carrier:  # once per pair: it is per alias
             _internals.copy_connect_state(carrier, wrapper)
-            setattr(wrapper, _COPIED_FROM, carrier)
-        setattr(wrapper, _CARRIER, carrier)
+            record.copied_from = carrier
+        record.carrier = carrier
         if self.holds is not None:
-            wrapper._wsgi_dbpool_hold = self.holds.start(
+            record.hold_token = self.holds.start(
                 work.label if work is not None else "work outside a request"
             )
 
@@ -178,31 +186,24 @@ class Front:
         driver.owner = cursor
         return cursor
 
-    def detach(self, wrapper: Any, broken: bool = False) -> None:
-        """Give the raw connection back through the pool's return path (the verdict)."""
-        carrier = getattr(wrapper, _CARRIER)
+    def detach(self, wrapper: Any, broken: bool = False, trouble: Any = UNKNOWN) -> None:
+        """Give the raw connection back through the pool's return path (the verdict);
+        ``trouble``: the driver's state, when the caller has just read it."""
+        record: Record = wrapper._wsgi_dbpool
+        carrier = record.carrier
         if carrier is None:
             return
-        setattr(wrapper, _CARRIER, None)
+        record.carrier = None
         if not self.per_transaction:
-            self.holding.discard(wrapper._wsgi_dbpool_holder)
+            self.holding.discard(record.holder)
         if self.holds is not None:
-            self.holds.finish(wrapper.__dict__.pop("_wsgi_dbpool_hold", -1))
+            self.holds.finish(record.hold_token)
+            record.hold_token = -1
         carrier.connection = wrapper.connection
         carrier.close_at = wrapper.close_at
         _internals.keep_server_caches(wrapper, carrier)
-        failover = getattr(wrapper, FAILOVER_ATTR)
-        if failover is not None:  # noted on the front when a statement failed: the
-            setattr(carrier, FAILOVER_ATTR, failover)  # verdict reads it on the carrier
-            setattr(wrapper, FAILOVER_ATTR, None)
-        session = getattr(wrapper, SESSION_ATTR)
-        if session is not None:  # the session changed: the verdict resets it
-            setattr(carrier, SESSION_ATTR, session)
-            setattr(wrapper, SESSION_ATTR, None)
-            if self.per_transaction:  # the work was pinned to this connection
-                work: Work | None = getattr(wrapper, _WORK)
-                where = work.label if work is not None else "work outside a request"
-                self.alias_pool.warn_pinned(where, session)
+        if record.failover is not None or record.session is not None:
+            self._hand_on_notes(record, record_of(carrier))
         if (
             wrapper.in_atomic_block
             or wrapper.errors_occurred
@@ -213,22 +214,34 @@ class Front:
             _internals.copy_transaction_state(wrapper, carrier)
         wrapper.connection = None
         wrapper.errors_occurred = False
-        self.alias_pool.checkin(carrier, broken)
+        self.alias_pool.checkin(carrier, broken, trouble)
+
+    def _hand_on_notes(self, record: Record, carrier: Record) -> None:
+        """What the execute seam noted on the front, for the verdict, which reads the
+        carrier: a failover error (the statement failed on the front), a changed session."""
+        if record.failover is not None:
+            carrier.failover = record.failover
+            record.failover = None
+        session = record.session
+        if session is not None:  # the session changed: the verdict resets it
+            carrier.session = session
+            record.session = None
+            if self.per_transaction:  # the work was pinned to this connection
+                work = record.work
+                where = work.label if work is not None else "work outside a request"
+                self.alias_pool.warn_pinned(where, session)
 
     def detach_if_idle(self, wrapper: Any) -> None:
         """Detach when no transaction is open and no result is being read (per transaction),
-        and the work did not change the session (then it keeps the connection: pinned)."""
+        and the work did not change the session (then it keeps the connection: pinned).
+        The driver is read once: the verdict gets what was read (see :func:`keep_attached`)."""
+        record: Record = wrapper._wsgi_dbpool
         raw = wrapper.connection
-        if (
-            raw is None
-            or wrapper._wsgi_dbpool_session is not None  # SESSION_ATTR
-            or wrapper.in_atomic_block
-            or not wrapper.autocommit
-            or getattr(wrapper, _CARRIER) is None
-            or _internals.driver_trouble(raw, True) in _KEEP_ATTACHED
-        ):
+        if raw is None or record.carrier is None:
             return
-        self.detach(wrapper)
+        trouble = keep_attached(wrapper, record, raw)
+        if trouble is not KEEP_ATTACHED:
+            self.detach(wrapper, False, trouble)
 
     def _around_statement(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]

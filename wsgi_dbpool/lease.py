@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _internals
 from .errors import PoolError
+from .record import RECORD_ATTR
 
 if TYPE_CHECKING:
     from .hold_watch import HoldWatch
@@ -23,8 +24,6 @@ logger = logging.getLogger("wsgi_dbpool")
 
 UNBOUND: Any = object()
 
-# Set on the wrappers the pool makes: the AliasPool that owns the wrapper.
-POOL_ATTR = "_wsgi_dbpool_pool"
 
 # Greenlets (or threads) inside a lease, by ident: how many leases each is inside.
 # A connection a pooled alias opens elsewhere is outside the pool (see AliasPool).
@@ -144,8 +143,8 @@ def _bound(storage: Any, alias: str) -> Any:
     """
     bound = getattr(storage, alias, UNBOUND)
     if bound is not UNBOUND:
-        state = bound.__dict__
-        if POOL_ATTR in state and state["_wsgi_dbpool_holder"] != _thread.get_ident():
+        record = bound.__dict__.get(RECORD_ATTR)
+        if record is not None and record.holder != _thread.get_ident():
             delattr(storage, alias)
             return UNBOUND
     return bound
@@ -196,7 +195,7 @@ class Lease:
             for hold in holds:
                 alias = hold.alias
                 previous = _bound(storage, alias)
-                if previous is not UNBOUND and previous.__dict__.get("_wsgi_dbpool_holder") == ident:
+                if previous is not UNBOUND and _holder(previous) == ident:
                     continue  # already leased to this greenlet: reuse, don't nest
                 wrapper = hold.take(work, ident)
                 self._entries.append((hold, wrapper, previous))
@@ -249,6 +248,11 @@ class Lease:
                 error = error or exc
         if error is not None:
             raise error
+
+
+def _holder(wrapper: Any) -> int | None:
+    record = wrapper.__dict__.get(RECORD_ATTR)
+    return None if record is None else record.holder
 
 
 def _close_unpooled(storage: Any, aliases: Sequence[str]) -> None:

@@ -14,12 +14,11 @@ from webob.exc import HTTPServiceUnavailable
 
 from . import quiet
 from .breaker import retry_after_header
-from .core import DjangoPool, Stats
+from .core import DjangoPool, Steering
 from .errors import DatabaseUnavailable, PoolError, PoolTimeout
 from .lease import Lease, Work, interrupted
-from .pool import Pool
 from .response import ClosingIterable, hook_file_wrapper
-from .settings import HoldMode, Knobs, PoolSettings, ResetMode, SessionStateMode
+from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -29,7 +28,7 @@ logger = logging.getLogger("wsgi_dbpool")
 ENVIRON_KEY = "wsgi_dbpool.middleware"
 
 
-class PoolingMiddleware(Knobs):
+class PoolingMiddleware(Steering):
     """Serve each request with database connections from a pool shared by the process.
 
     Django keeps one connection per thread, and under gevent every greenlet is a
@@ -242,81 +241,9 @@ class PoolingMiddleware(Knobs):
         """
         return self.core.checkout(timeout)
 
-    def pools(self) -> dict[str, Pool[Any]]:
-        """The pool mechanism behind each alias (for exporters such as Prometheus)."""
-        return self.core.pools()
+    def _steered(self) -> DjangoPool:
+        return self.core
 
-    def prewarm(self) -> None:
-        """Start opening ``prewarm`` connections per alias in the background, once per
-        process; returns at once. Done anyway at the first request; call it earlier
-        from gunicorn's ``post_worker_init`` (the worker, never the master)."""
-        self.core.prewarm()
-
-    def resize(
-        self,
-        *,
-        size: int | EllipsisType = ...,
-        max_outstanding: int | EllipsisType | None = ...,
-        alias: str | None = None,
-    ) -> None:
-        """Change ``size`` and/or ``max_outstanding`` of ``alias`` (None: every pooled
-        alias) for the checkouts from now on, checked by the constructor's rules.
-
-        A higher cap serves waiting requests at once. A lower one takes nothing back:
-        the work in flight finishes, and new checkouts wait until the count is below
-        the new cap. Idle connections beyond the new ``size`` are closed now.
-        """
-        self.core.resize(size=size, max_outstanding=max_outstanding, alias=alias)
-
-    def drain(self, alias: str | None = None) -> None:
-        """Replace every connection of ``alias`` (None: every pooled alias).
-
-        Idle connections close now; those in use close when they come back. New ones
-        are made from ``settings.DATABASES[alias]`` as it is then: change it in place
-        (e.g. its ``PASSWORD`` after rotating credentials, or its ``HOST`` after a
-        switchover), then drain. Requests go on being served throughout.
-        """
-        self.core.drain(alias)
-
-    def pause(self, alias: str | None = None) -> None:
-        """New checkouts of ``alias`` (None: every pooled alias) wait, up to ``timeout``
-        (then 503), while the work in flight finishes; for planned maintenance or a
-        switchover. :meth:`resume` serves the waiting requests in arrival order."""
-        self.core.pause(alias)
-
-    def resume(self, alias: str | None = None) -> None:
-        """End :meth:`pause`: the waiting requests are served in arrival order."""
-        self.core.resume(alias)
-
-    def stats(self) -> Stats:
-        """This process's pool, per alias, as a flat dict of numbers.
-
-        ``idle``, ``in_use``, ``waiting``: now. ``size``, ``max_outstanding``: the
-        settings. Lifetime counters: ``checkouts``, ``waits`` (checkouts that had to
-        queue), ``wait_seconds`` (their total wait), ``timeouts``, ``handoffs``
-        (returns given straight to a waiter), ``created`` (wrappers made),
-        ``discarded`` (returns not kept: surplus or closed), ``opened`` and
-        ``closed`` (server connections), ``stale`` (found dead on checkout),
-        ``dirty`` (returned inside a transaction, or with autocommit changed),
-        ``broken`` (closed on return: interrupted, or closed, mid-command or mid-result in
-        the driver), ``overflow`` (opened for a pooled alias outside any lease: greenlets
-        with no ``checkout()``), ``spawned`` (greenlets spawned by a view that took a
-        pooled connection, with ``hold="lazy"``/``"transaction"``), ``failovers``
-        (read-only or failover errors that closed the alias's connections), ``pinned``
-        (units of work that left state on their session: reset on return, and under
-        ``hold="transaction"`` kept their connection to their end),
-        ``hold_seconds`` (total time connections were checked out), ``connects`` and
-        ``connect_seconds`` (connect attempts and their total time), ``rejected``
-        (turned away at ``max_waiting``), ``paused`` (1 while paused),
-        ``breaker_open`` (1 while ``fail_fast``'s breaker is open), ``unavailable``
-        (requests answered at once while it was), ``drained`` (calls of :meth:`drain`).
-        """
-        return self.core.stats()
-
-    def close(self) -> None:
-        """Close every idle pooled connection (worker shutdown), and stop ``fail_fast``'s
-        probes; the pool stays usable."""
-        self.core.close()
 
 
 class _Answer503:
