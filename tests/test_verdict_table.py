@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from wsgi_dbpool import _internals, verdict
+from wsgi_dbpool import drivers, verdict
 from wsgi_dbpool.front import KEEP_ATTACHED, keep_attached
 from wsgi_dbpool.record import Record
 from wsgi_dbpool.verdict import Action, judge
@@ -82,21 +82,21 @@ VERDICTS = [
     ("3-interrupted", Wrapper(PyMySQLState(status=IN_TRANS)), True, False,
      Action.CLOSE, verdict.INTERRUPTED),
     ("3-pymysql-closed", Wrapper(PyMySQLState(open=False)), False, False,
-     Action.CLOSE, _internals.CLOSED),
+     Action.CLOSE, drivers.CLOSED),
     ("3-pymysql-unread-result", Wrapper(PyMySQLState(unread=True)), False, False,
-     Action.CLOSE, _internals.MID_RESULT),
+     Action.CLOSE, drivers.MID_RESULT),
     ("3-psycopg-mid-command", Wrapper(PsycopgState(status=1)), False, False,
-     Action.CLOSE, _internals.MID_COMMAND),
+     Action.CLOSE, drivers.MID_COMMAND),
     ("3-psycopg-unknown-is-closed", Wrapper(PsycopgState(status=4)), False, False,
-     Action.CLOSE, _internals.CLOSED),
+     Action.CLOSE, drivers.CLOSED),
     ("4-pymysql-in-transaction", Wrapper(PyMySQLState(status=IN_TRANS | AUTOCOMMIT)), False,
-     False, Action.ROLL_BACK, _internals.IN_TRANSACTION),
+     False, Action.ROLL_BACK, drivers.IN_TRANSACTION),
     ("4-pymysql-autocommit-off-by-sql", Wrapper(PyMySQLState(status=0)), False, False,
-     Action.ROLL_BACK, _internals.AUTOCOMMIT_CHANGED),
+     Action.ROLL_BACK, drivers.AUTOCOMMIT_CHANGED),
     ("4-psycopg-in-error", Wrapper(PsycopgState(status=3)), False, False,
-     Action.ROLL_BACK, _internals.IN_TRANSACTION),
+     Action.ROLL_BACK, drivers.IN_TRANSACTION),
     ("4-sqlite-in-transaction", Wrapper(_sqlite(in_transaction=True)), False, False,
-     Action.ROLL_BACK, _internals.IN_TRANSACTION),
+     Action.ROLL_BACK, drivers.IN_TRANSACTION),
     ("4-django-autocommit-left-off", Wrapper(CLEAN, autocommit=False), False, False,
      Action.ROLL_BACK, verdict.AUTOCOMMIT_LEFT_OFF),
     ("5-errors-before-lifetime", Wrapper(CLEAN, errors_occurred=True, close_at=PAST), False,
@@ -127,7 +127,7 @@ def test_verdict_reuses_the_trouble_read_after_a_statement_but_only_for_autocomm
     # An alias configured with AUTOCOMMIT off: read for that setting, not the front's.
     manual = Wrapper(PyMySQLState(status=AUTOCOMMIT), settings_dict={"AUTOCOMMIT": False},
                      autocommit=False)
-    assert judge(manual, False, False, None) == (Action.ROLL_BACK, _internals.AUTOCOMMIT_CHANGED)
+    assert judge(manual, False, False, None) == (Action.ROLL_BACK, drivers.AUTOCOMMIT_CHANGED)
 
 
 # (id, wrapper) -> what the front does after a statement under hold="transaction".
@@ -143,8 +143,8 @@ DETACH = [
     ("clean-detaches", Wrapper(CLEAN), None),
     ("sqlite-clean-detaches", Wrapper(_sqlite()), None),
     # Unusable: detach, and the verdict closes it with the reason read here.
-    ("pymysql-closed-detaches", Wrapper(PyMySQLState(open=False)), _internals.CLOSED),
-    ("psycopg-mid-command-detaches", Wrapper(PsycopgState(status=1)), _internals.MID_COMMAND),
+    ("pymysql-closed-detaches", Wrapper(PyMySQLState(open=False)), drivers.CLOSED),
+    ("psycopg-mid-command-detaches", Wrapper(PsycopgState(status=1)), drivers.MID_COMMAND),
 ]
 
 

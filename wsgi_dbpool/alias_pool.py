@@ -16,18 +16,10 @@ import time
 import weakref
 from typing import Any
 
-from . import _concurrency, failover, session_state
-from ._internals import (
-    NOBODY,
-    UNUSABLE,
-    abandon_unread_result,
-    django_create_connection,
-    force_close,
-    is_usable,
-    missing_auth_package,
-    set_owner,
-)
+from . import _concurrency, drivers, failover, session_state
+from ._internals import NOBODY, django_create_connection, set_owner
 from .breaker import Breaker
+from .drivers import UNUSABLE, driver_of, force_close, missing_auth_package
 from .lease import in_lease
 from .pool import Pool
 from .record import Record, record_of, record_or_none
@@ -292,7 +284,7 @@ class AliasPool:
         limit = _concurrency.TimeLimit(self.settings.ping_timeout)
         try:
             with limit:
-                alive = is_usable(wrapper)
+                alive = driver_of(wrapper.connection).ping(wrapper)
         except BaseException as exc:  # killed mid-ping: the socket may be mid-protocol
             if limit.fired(exc):
                 self._ping_timed_out(wrapper)
@@ -377,7 +369,7 @@ class AliasPool:
         if action is CLOSE:
             if reason is INTERRUPTED or reason in UNUSABLE:
                 self._count_discard("broken", reason)
-                abandon_unread_result(wrapper.connection)
+                _abandon_unread_result(wrapper)
             self._close(wrapper, reason)
             return wrapper
         if action is ROLL_BACK:
@@ -421,7 +413,7 @@ class AliasPool:
         else:
             logger.debug("closing a connection of %r from before the failover: %s",
                          self.alias, reason)
-        abandon_unread_result(wrapper.connection)
+        _abandon_unread_result(wrapper)
         self._close(wrapper, reason)
         if wrapper.in_atomic_block or wrapper.closed_in_transaction:
             return self.pool.create_replacement()
@@ -600,16 +592,13 @@ def _close_overflow(wrapper: Wrapper) -> None:
 
 def connection_label(wrapper: Wrapper) -> str:
     """The server's id for the wrapper's connection, from what the driver already knows."""
+    return drivers.label(wrapper.connection)
+
+
+def _abandon_unread_result(wrapper: Wrapper) -> None:
     raw = wrapper.connection
-    if raw is None:
-        return "(not connected)"
-    thread_id = getattr(raw, "thread_id", None)  # PyMySQL / mysqlclient: CONNECTION_ID()
-    if callable(thread_id):
-        return str(thread_id())
-    pid = getattr(getattr(raw, "info", None), "backend_pid", None)  # psycopg 3
-    if pid is not None:
-        return str(pid)
-    return hex(id(raw))
+    if raw is not None:
+        driver_of(raw).abandon_unread_result(raw)
 
 
 def on_connection_created(sender: object, connection: Any, **kwargs: object) -> None:

@@ -16,33 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# MySQL / MariaDB error numbers (the first argument of the driver's error).
-MYSQL_ERRORS = {
-    1290: "the server runs with --read-only",  # ER_OPTION_PREVENTS_STATEMENT
-    1792: "the transaction is read-only",  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
-    1836: "the server is in read-only mode",  # ER_READ_ONLY_MODE
-    2006: "the server has gone away",  # CR_SERVER_GONE_ERROR
-    2013: "the connection to the server was lost",  # CR_SERVER_LOST
-}
-# PostgreSQL SQLSTATEs.
-POSTGRES_ERRORS = {
-    "25006": "the transaction is read-only",  # read_only_sql_transaction
-    "57P01": "the server is shutting down",  # admin_shutdown
-}
+from .drivers import failover_reason
 
 
 def failover_error(exc: BaseException) -> str | None:
-    """Why ``exc`` (Django's wrapped error, or the driver's) means a failover; None if not."""
+    """Why ``exc`` (Django's wrapped error, or the driver's) means a failover; None if not
+    (each driver's errors: :meth:`wsgi_dbpool.drivers.Driver.failover_reason`)."""
     for error in (exc, exc.__cause__):
-        if error is None:
-            continue
-        args = error.args
-        if args and isinstance(args[0], int) and args[0] in MYSQL_ERRORS:
-            return f"MySQL error {args[0]}: {MYSQL_ERRORS[args[0]]}"
-        # psycopg 3: ``sqlstate``; psycopg2: ``pgcode``.
-        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-        if state in POSTGRES_ERRORS:
-            return f"SQLSTATE {state}: {POSTGRES_ERRORS[state]}"
+        if error is not None:
+            reason = failover_reason(error)
+            if reason is not None:
+                return reason
     return None
 
 

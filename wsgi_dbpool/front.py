@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import _concurrency, _internals
+from . import _concurrency, _internals, drivers
 from .alias_pool import AliasPool
 from .errors import PoolError
 from .lease import Work, in_lease
@@ -35,7 +35,7 @@ logger = logging.getLogger("wsgi_dbpool")
 # What may still be going on after a statement, by the driver's account: a transaction
 # (also autocommit switched off by SQL: the next statements are one) or an unread result.
 _STILL_BUSY = frozenset(
-    (_internals.IN_TRANSACTION, _internals.AUTOCOMMIT_CHANGED, _internals.MID_RESULT)
+    (drivers.IN_TRANSACTION, drivers.AUTOCOMMIT_CHANGED, drivers.MID_RESULT)
 )
 # keep_attached()'s answer when the front keeps its connection.
 KEEP_ATTACHED: Any = object()
@@ -48,7 +48,7 @@ def keep_attached(wrapper: Any, record: Record, raw: Any) -> Any:
     reported (None: nothing), which the verdict reuses: one probe per statement."""
     if record.session is not None or wrapper.in_atomic_block or not wrapper.autocommit:
         return KEEP_ATTACHED
-    trouble = _internals.driver_trouble(raw, True)
+    trouble = drivers.driver_trouble(raw, True)
     return KEEP_ATTACHED if trouble in _STILL_BUSY else trouble
 
 

@@ -10,7 +10,7 @@ it is read from memory: the clean path costs no round trip.
 The order, and why:
 
 0. ``fail over`` when a statement failed with a read-only or failover error
-   (:func:`~wsgi_dbpool._internals.failover_error`): the connection points at a
+   (:func:`~wsgi_dbpool.failover.failover_error`): the connection points at a
    demoted or vanished server even if it still answers a ping, so it is closed (or
    replaced inside ``atomic()``) and the alias's idle connections with it.
 1. ``replace`` inside ``atomic()``: Django forbids a rollback there, and a wrapper closed
@@ -37,7 +37,7 @@ import enum
 import time
 from typing import Any
 
-from ._internals import UNUSABLE, driver_trouble
+from .drivers import UNUSABLE, driver_trouble
 from .record import Record
 
 
@@ -82,7 +82,7 @@ def judge(
     wrapper: Any, broken: bool, reset_session: bool, trouble: Any = UNKNOWN
 ) -> tuple[Action, str]:
     """The action the returned ``wrapper`` needs, and why (steps 0-8 above). ``trouble``:
-    what :func:`~wsgi_dbpool._internals.driver_trouble` just answered for a holder
+    what :func:`~wsgi_dbpool.drivers.driver_trouble` just answered for a holder
     expecting autocommit, if the caller asked it (a front after a statement)."""
     record: Record = wrapper._wsgi_dbpool
     failover = record.failover
