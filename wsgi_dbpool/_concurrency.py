@@ -15,9 +15,12 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -96,6 +99,28 @@ def fork_generation() -> int:
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+
+
+class PerProcess(Generic[T]):
+    """A value that belongs to one process: made by ``make`` at first use, and made again
+    at first use in a forked child (what the parent had is never shared with a child)."""
+
+    __slots__ = ("_generation", "_make", "_value")
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._generation = -1
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if self._generation != _fork_generation:
+            self._value = self._make()
+            self._generation = _fork_generation
+        return self._value  # type: ignore[return-value]  # made just above, or before
+
+    def made(self) -> bool:
+        """Whether the value was made in this process already."""
+        return self._generation == _fork_generation
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -186,8 +211,6 @@ def call_soon(callback: Callable[[], None]) -> None:
 
 def sleep(seconds: float) -> None:
     """Pause the caller: only this greenlet under gevent (``time.sleep`` is patched)."""
-    import time
-
     time.sleep(seconds)
 
 

@@ -50,10 +50,22 @@ logger = logging.getLogger("wsgi_dbpool")
 
 # the ident of the greenlet holding it, or None).
 
-# What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
+# What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats),
+# written once: stats(), the exporters and the tests read them from here.
+OPENED = "opened"  # server connections opened
+CLOSED = "closed"  # server connections closed
+STALE = "stale"  # found dead on checkout
+DIRTY = "dirty"  # returned inside a transaction, or with autocommit changed
+BROKEN = "broken"  # closed on return: interrupted, or closed mid-command or mid-result
+OVERFLOW = "overflow"  # opened for a pooled alias outside any lease
+SPAWNED = "spawned"  # greenlets spawned by a view given a front wrapper
+FAILOVERS = "failovers"  # failover errors that closed the alias's connections
+PINNED = "pinned"  # units of work that left state on their session
+UNAVAILABLE = "unavailable"  # answered at once while the breaker was open (breaker.py)
+DRAINED_COUNT = "drained"  # calls of drain()
 POLICY_EVENTS = (
-    "opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers", "pinned",
-    "unavailable", "drained",
+    OPENED, CLOSED, STALE, DIRTY, BROKEN, OVERFLOW, SPAWNED, FAILOVERS, PINNED, UNAVAILABLE,
+    DRAINED_COUNT,
 )
 # What the policy shows of its state now (gauges), beside the counters.
 BREAKER_OPEN = "breaker_open"  # 1 while fail_fast's breaker is open, else 0
@@ -185,7 +197,7 @@ class AliasPool:
         record = record_of(wrapper)
         if record.open:
             # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
-            self.pool.count("closed")
+            self.pool.count(CLOSED)
         record.open = True
         # A new session is a clean one (what Django's set-up just sent does not count).
         record.session = None
@@ -197,7 +209,7 @@ class AliasPool:
             jitter = self.settings.lifetime_jitter
             record.expires = now + lifetime * (1.0 - jitter * random.random())
             wrapper.close_at = None
-        self.pool.count("opened")
+        self.pool.count(OPENED)
         if self.settings.statement_timeout is not None:
             self._limit_statements(wrapper)
 
@@ -228,7 +240,7 @@ class AliasPool:
         record = record_of(wrapper)
         if closed and record.open:
             record.open = False
-            self.pool.count("closed")
+            self.pool.count(CLOSED)
 
     # -- checkout -----------------------------------------------------------------
 
@@ -296,7 +308,7 @@ class AliasPool:
                 self.pool.release(wrapper, reusable=True)
             raise
         if not alive:
-            self.pool.count("stale")
+            self.pool.count(STALE)
             logger.warning(
                 "discarded a stale connection of %r (closed by the server while idle)",
                 self.alias,
@@ -304,7 +316,7 @@ class AliasPool:
             self._close(wrapper, "stale")
 
     def _ping_timed_out(self, wrapper: Wrapper) -> None:
-        self.pool.count("stale")
+        self.pool.count(STALE)
         logger.warning(
             "discarded a stale connection of %r (no answer to a ping within ping_timeout=%ss)",
             self.alias, self.settings.ping_timeout,
@@ -363,17 +375,17 @@ class AliasPool:
             self._close(wrapper, reason)
             return self.pool.create_replacement()
         if action is REPLACE:
-            self._count_discard("dirty", reason)
+            self._count_discard(DIRTY, reason)
             self._close(wrapper, reason)
             return self.pool.create_replacement()
         if action is CLOSE:
             if reason is INTERRUPTED or reason in UNUSABLE:
-                self._count_discard("broken", reason)
+                self._count_discard(BROKEN, reason)
                 _abandon_unread_result(wrapper)
             self._close(wrapper, reason)
             return wrapper
         if action is ROLL_BACK:
-            self.pool.count("dirty")
+            self.pool.count(DIRTY)
             wrapper.rollback()
             wrapper.set_autocommit(wrapper.settings_dict["AUTOCOMMIT"])
             logger.warning("rolled back a transaction on a connection of %r: %s", self.alias, reason)
@@ -390,7 +402,7 @@ class AliasPool:
             self._close(wrapper, reason)
         elif action is RESET:
             if reason is SESSION_CHANGED:  # set by the work, seen at the execute seam
-                self.pool.count("pinned")
+                self.pool.count(PINNED)
             self._reset_session(wrapper)
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
         return wrapper
@@ -403,7 +415,7 @@ class AliasPool:
         if record.opened_at >= self._failover_at:  # not seen before
             self._failover_at = time.monotonic()
             self._replace_before = max(self._replace_before, self._failover_at)
-            self.pool.count("failovers")
+            self.pool.count(FAILOVERS)
             closed = self.pool.drain_idle()
             logger.warning(
                 "failover on %r (%s): closed this connection and %d idle one(s); new "
@@ -446,7 +458,7 @@ class AliasPool:
         Returns the wrapper to give back: a new one if Django would refuse to use this
         one again (closed inside ``atomic()``).
         """
-        self._count_discard("broken", reason)
+        self._count_discard(BROKEN, reason)
         raw = wrapper.connection
         if raw is not None:
             force_close(raw)
@@ -485,7 +497,7 @@ class AliasPool:
         It is outside the pool and its cap. It is closed when its greenlet ends (not
         left to the garbage collector, which the server counts as an aborted client).
         """
-        self.pool.count("overflow")
+        self.pool.count(OVERFLOW)
         self._warn_once(
             "overflow",
             "a greenlet outside any request opened its own connection to %r, outside the "
@@ -567,7 +579,7 @@ class AliasPool:
         self._drained_at = time.monotonic()
         self._replace_before = max(self._replace_before, self._drained_at)
         closed = self.pool.drain_idle()
-        self.pool.count("drained")
+        self.pool.count(DRAINED_COUNT)
         logger.info(
             "drained %r: closed %d idle connection(s); the ones in use close on return",
             self.alias, closed,

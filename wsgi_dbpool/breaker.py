@@ -116,7 +116,7 @@ class Breaker:
         self._refuse()
 
     def _refuse(self) -> NoReturn:
-        self._count("unavailable")
+        self._count("unavailable")  # alias_pool.UNAVAILABLE
         raise DatabaseUnavailable(self.alias, max(self.open_until - time.monotonic(), 0.0),
                                   self._cause)
 

@@ -58,9 +58,9 @@ class DjangoPool(Knobs):
         # per attachment (in the fronts) otherwise.
         self._holds = [hold_for(pool, settings, self.watch) for pool in self._alias_pools]
         self._lease_watch = None if self.fronts else self.watch
-        self._storage: Any = None
-        self._storage_generation = -1
-        self._prewarmed_generation = -1
+        # Per process: the storage behind django.db.connections, the prewarm started.
+        self._storage = _concurrency.PerProcess(self._find_storage)
+        self._prewarmed = _concurrency.PerProcess(self._start_prewarm)
         connection_created.connect(
             alias_pool.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
         )
@@ -78,10 +78,8 @@ class DjangoPool(Knobs):
         """Bind this process's pooled connections (or fronts) in the calling greenlet for
         ``work``; the caller releases the lease exactly once. ``watched``: the long-hold
         watch (``hold_warning``) times it."""
-        if self._storage_generation != _concurrency._fork_generation:
-            self.storage()
         watch = self._lease_watch if watched else None
-        return Lease(self._holds, self._storage, work, self.unpooled, watch)
+        return Lease(self._holds, self._storage.get(), work, self.unpooled, watch)
 
     def lease_nothing(self, work: Work) -> Lease:
         """No checkout; but a connection the work opens anyway is closed at its end, or it
@@ -113,12 +111,13 @@ class DjangoPool(Knobs):
     def storage(self) -> Any:
         """The object behind ``django.db.connections``, found in the process (and after the
         monkey-patching) that serves; found again after a fork."""
-        if self._storage_generation != _concurrency.fork_generation():
-            self._storage = ConnectionSlots().storage
-            _concurrency.prepare_deferred_calls()
-            self._storage_generation = _concurrency.fork_generation()
-            self.prewarm()
-        return self._storage
+        return self._storage.get()
+
+    def _find_storage(self) -> Any:
+        storage = ConnectionSlots().storage
+        _concurrency.prepare_deferred_calls()
+        self.prewarm()
+        return storage
 
     # -- the pools ------------------------------------------------------------------
 
@@ -133,10 +132,10 @@ class DjangoPool(Knobs):
     def prewarm(self) -> None:
         """Start opening ``prewarm`` connections per alias in the background, once per
         process; returns at once."""
-        generation = _concurrency.fork_generation()
-        if self.settings.prewarm == 0 or self._prewarmed_generation == generation:
-            return
-        self._prewarmed_generation = generation
+        if self.settings.prewarm:
+            self._prewarmed.get()
+
+    def _start_prewarm(self) -> None:
         for pool in self._alias_pools:
             _concurrency.call_later(0.0, functools.partial(pool.prewarm, self.settings.prewarm))
 

@@ -18,17 +18,15 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _concurrency, _internals, drivers
-from .alias_pool import AliasPool
+from .alias_pool import SPAWNED, AliasPool
 from .errors import PoolError
+from .hold_watch import HoldWatch
 from .lease import Work, in_lease
 from .record import Record, record_of
 from .verdict import UNKNOWN
-
-if TYPE_CHECKING:
-    from .hold_watch import HoldWatch
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -63,8 +61,7 @@ class Front:
         self.alias = alias_pool.alias
         self.per_transaction = per_transaction
         self.holds = watch  # holds are attachments, not works
-        self._free: list[Any] = []
-        self._generation = -1
+        self._free: _concurrency.PerProcess[list[Any]] = _concurrency.PerProcess(list)
         # hold="lazy": the greenlets holding (or waiting for) a connection of this alias,
         # whose spawned greenlets must not wait for one under the same cap.
         self.holding: set[int] = set()
@@ -73,10 +70,8 @@ class Front:
 
     def take(self, work: Work | None, ident: int) -> Any:
         """A detached front wrapper for greenlet ``ident``: no server connection yet."""
-        if self._generation != _concurrency._fork_generation:
-            self._free = []  # inherited: never share a front across processes
-            self._generation = _concurrency._fork_generation
-        wrapper = self._free.pop() if self._free else self._make()
+        free = self._free.get()  # inherited ones are left behind: never shared across processes
+        wrapper = free.pop() if free else self._make()
         _internals.set_owner(wrapper, ident)
         record: Record = wrapper._wsgi_dbpool
         record.holder = ident
@@ -96,7 +91,7 @@ class Front:
             record.holder = None
             _internals.set_owner(wrapper, _internals.NOBODY)
             _reset_work_state(wrapper)
-            self._free.append(wrapper)
+            self._free.get().append(wrapper)
 
     def _make(self) -> Any:
         wrapper = self.alias_pool.new_wrapper()
@@ -415,7 +410,7 @@ def _create_connection(alias: str) -> Any:
         if not in_lease(ident) and not _would_wait_for_its_spawner(front):
             wrapper = front.take(Work(front.alias_pool.settings.timeout, None), ident)
             if _concurrency.at_greenlet_exit(lambda: front.give(wrapper)):
-                front.alias_pool.pool.count("spawned")
+                front.alias_pool.pool.count(SPAWNED)
                 return wrapper
             front.give(wrapper)  # not a greenlet we can watch: Django's own
     return _internals.django_create_connection(alias)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import _thread
 import logging
+import sys
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from . import _internals
 from .errors import PoolError
+from .hold_watch import HoldWatch
 from .record import RECORD_ATTR
-
-if TYPE_CHECKING:
-    from .hold_watch import HoldWatch
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -116,9 +116,6 @@ def _repair_pre_patch_local(local: Any, storage: Any) -> Any:
     for one request would bind it for all. When we see that, we give ``connections``
     a fresh, patched local (nothing useful is lost: the master serves no requests).
     """
-    import sys
-    import threading
-
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is None or not gevent_monkey.is_module_patched("threading"):
         return storage
