@@ -72,6 +72,9 @@ BREAKER_OPEN = "breaker_open"  # 1 while fail_fast's breaker is open, else 0
 POLICY_GAUGES = (BREAKER_OPEN,)
 
 
+# The verdicts after which the server connection is not handed on.
+_PARTING = frozenset((FAIL_OVER, DRAINED, REPLACE, CLOSE))
+
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
 
@@ -262,20 +265,22 @@ class AliasPool:
         record.holder = ident
         record.taken = now = time.monotonic()  # for the hold time
         record.ran = False
-        if wrapper.connection is not None and (
-            record.opened_at < self._replace_before or (record.expires or now) < now
-        ):
-            self._retire(wrapper)
-        if (
-            idle_since is not None
-            and self.ping_after is not None
-            and wrapper.connection is not None
-            and time.monotonic() - idle_since >= self.ping_after
-        ):
-            self._check_alive(wrapper)
+        if wrapper.connection is not None:
+            if record.opened_at < self._replace_before or (record.expires or now) < now:
+                self._retire(wrapper)
+            self._check_if_idle_long(wrapper, idle_since)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
+
+    def _check_if_idle_long(self, wrapper: Wrapper, idle_since: float | None) -> None:
+        if (
+            idle_since is not None
+            and self.ping_after is not None
+            and wrapper.connection is not None  # not retired just now
+            and time.monotonic() - idle_since >= self.ping_after
+        ):
+            self._check_alive(wrapper)
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""
@@ -369,21 +374,8 @@ class AliasPool:
 
     def _carry_out(self, wrapper: Wrapper, action: Action, reason: str) -> Wrapper:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""
-        if action is FAIL_OVER:
-            return self._fail_over(wrapper, reason)
-        if action is DRAINED:
-            self._close(wrapper, reason)
-            return self.pool.create_replacement()
-        if action is REPLACE:
-            self._count_discard(DIRTY, reason)
-            self._close(wrapper, reason)
-            return self.pool.create_replacement()
-        if action is CLOSE:
-            if reason is INTERRUPTED or reason in UNUSABLE:
-                self._count_discard(BROKEN, reason)
-                _abandon_unread_result(wrapper)
-            self._close(wrapper, reason)
-            return wrapper
+        if action in _PARTING:
+            return self._part(wrapper, action, reason)
         if action is ROLL_BACK:
             self.pool.count(DIRTY)
             wrapper.rollback()
@@ -406,6 +398,20 @@ class AliasPool:
             self._reset_session(wrapper)
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
         return wrapper
+
+    def _part(self, wrapper: Wrapper, action: Action, reason: str) -> Wrapper:
+        """The verdicts that end the server connection: fail over, drained, replace, close."""
+        if action is FAIL_OVER:
+            return self._fail_over(wrapper, reason)
+        if action is REPLACE:
+            self._count_discard(DIRTY, reason)
+        elif action is CLOSE and (reason is INTERRUPTED or reason in UNUSABLE):
+            self._count_discard(BROKEN, reason)
+            _abandon_unread_result(wrapper)
+        self._close(wrapper, reason)
+        if action is CLOSE:
+            return wrapper
+        return self.pool.create_replacement()  # DRAINED, REPLACE
 
     def _fail_over(self, wrapper: Wrapper, reason: str) -> Wrapper:
         """Close this connection and every idle one of the alias: they all point at the

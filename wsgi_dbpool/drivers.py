@@ -30,6 +30,9 @@ AUTOCOMMIT_CHANGED = "its autocommit was changed behind Django's back"
 
 UNUSABLE = frozenset((CLOSED, MID_RESULT, MID_COMMAND))
 
+# Driver.unreachable()'s answer for an error that is not this driver's to judge.
+UNDECIDED: Any = object()
+
 
 class Driver:
     """A driver we know nothing of; the base of the adapters."""
@@ -59,6 +62,11 @@ class Driver:
     def failover_reason(self, error: BaseException) -> str | None:
         """Why the driver's ``error`` means the connection points at the wrong server."""
         return None
+
+    def unreachable(self, error: BaseException) -> Any:
+        """Why a failed connect's ``error`` means the server could not be reached (a
+        reason), None if the server answered, :data:`UNDECIDED` if not this driver's."""
+        return UNDECIDED
 
     def label(self, raw: Any) -> str:
         """The server's id for the connection, from what the driver already knows."""
@@ -139,6 +147,14 @@ class PyMySQL(Driver):
             return f"MySQL error {args[0]}: {MYSQL_ERRORS[args[0]]}"
         return None
 
+    def unreachable(self, error: BaseException) -> Any:
+        # Client-side errors are numbered 2000-2999 (CR_*: cannot connect, unknown host,
+        # lost or gone during the handshake); the server's own answers are below 2000.
+        args = error.args
+        if args and isinstance(args[0], int):
+            return f"MySQL client error {args[0]}" if 2000 <= args[0] < 3000 else None
+        return UNDECIDED
+
     def label(self, raw: Any) -> str:
         return str(raw.thread_id())  # CONNECTION_ID()
 
@@ -154,6 +170,8 @@ class PyMySQL(Driver):
         return True
 
 
+# PostgreSQL SQLSTATE 57P03 cannot_connect_now: starting up, shutting down, in recovery.
+POSTGRES_DOWN = frozenset(("57P03",))
 # PostgreSQL SQLSTATEs.
 POSTGRES_ERRORS = {
     "25006": "the transaction is read-only",  # read_only_sql_transaction
@@ -201,6 +219,14 @@ class Psycopg(Driver):
         if state in POSTGRES_ERRORS:
             return f"SQLSTATE {state}: {POSTGRES_ERRORS[state]}"
         return None
+
+    def unreachable(self, error: BaseException) -> Any:
+        if not type(error).__module__.startswith(("psycopg", "psycopg2")):
+            return UNDECIDED
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if state is None:  # network failures carry no SQLSTATE
+            return "no answer from the server"
+        return f"SQLSTATE {state}" if state in POSTGRES_DOWN else None
 
     def label(self, raw: Any) -> str:
         return str(raw.info.backend_pid)
@@ -275,6 +301,15 @@ def failover_reason(error: BaseException) -> str | None:
         if reason is not None:
             return reason
     return None
+
+
+def unreachable(error: BaseException) -> Any:
+    """:meth:`Driver.unreachable`, by whichever driver raised ``error``."""
+    for driver in DRIVERS:
+        reason = driver.unreachable(error)
+        if reason is not UNDECIDED:
+            return reason
+    return UNDECIDED
 
 
 def label(raw: Any) -> str:

@@ -121,6 +121,29 @@ class Front:
         """``W.connect()``: borrow the raw connection of a carrier from the pool."""
         record: Record = wrapper._wsgi_dbpool
         work = record.work
+        carrier = self._connected_carrier(wrapper, work)
+        # What Django's connect() does to a wrapper outside atomic(), for this connection.
+        if wrapper.closed_in_transaction:  # the last one was closed inside atomic()
+            _internals.reset_transaction_state(wrapper)
+        wrapper.connection = carrier.connection
+        wrapper.close_at = carrier.close_at
+        wrapper.autocommit = carrier.autocommit
+        wrapper.needs_rollback = False
+        wrapper.closed_in_transaction = False
+        wrapper.errors_occurred = False
+        wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
+        record.ran = False  # nothing of this work on this connection yet
+        if record.copied_from is not carrier:  # once per pair: it is per alias
+            _internals.copy_connect_state(carrier, wrapper)
+            record.copied_from = carrier
+        record.carrier = carrier
+        if self.holds is not None:
+            record.hold_token = self.holds.start(
+                work.label if work is not None else "work outside a request"
+            )
+
+    def _connected_carrier(self, wrapper: Any, work: Work | None) -> Any:
+        """A carrier checked out of the alias pool for the calling greenlet, connected."""
         timeout = work.timeout if work is not None else self.alias_pool.settings.timeout
         ident = _concurrency.get_ident()
         if not self.per_transaction:
@@ -143,25 +166,7 @@ class Front:
             self.holding.discard(ident)
             self.alias_pool.checkin(carrier, broken=not isinstance(exc, Exception))
             raise
-        # What Django's connect() does to a wrapper outside atomic(), for this connection.
-        if wrapper.closed_in_transaction:  # the last one was closed inside atomic()
-            _internals.reset_transaction_state(wrapper)
-        wrapper.connection = carrier.connection
-        wrapper.close_at = carrier.close_at
-        wrapper.autocommit = carrier.autocommit
-        wrapper.needs_rollback = False
-        wrapper.closed_in_transaction = False
-        wrapper.errors_occurred = False
-        wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
-        record.ran = False  # nothing of this work on this connection yet
-        if record.copied_from is not carrier:  # once per pair: it is per alias
-            _internals.copy_connect_state(carrier, wrapper)
-            record.copied_from = carrier
-        record.carrier = carrier
-        if self.holds is not None:
-            record.hold_token = self.holds.start(
-                work.label if work is not None else "work outside a request"
-            )
+        return carrier
 
     @staticmethod
     def _health_check(carrier: Any) -> None:

@@ -218,33 +218,42 @@ class Lease:
         depth = _leased.pop(ident, 1) - 1
         if depth:
             _leased[ident] = depth
+        error = self._give_back(broken)
+        if self._unpooled and ident == _thread.get_ident():
+            try:
+                _close_unpooled(self._storage, self._unpooled)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _give_back(self, broken: bool) -> BaseException | None:
+        """Unbind and give back every wrapper, the last taken first; the first error."""
         storage = self._storage
         error: BaseException | None = None
         for hold, wrapper, previous in reversed(self._entries):
             try:
-                alias = hold.alias
                 # Only undo our own binding: close() may come from another greenlet
                 # (a server that closes elsewhere, or a dropped response). Then the
                 # binding left in the holder's greenlet is forgotten the next time it
                 # enters a lease, and Django refuses it until then (nobody owns it).
-                if getattr(storage, alias, UNBOUND) is wrapper:
-                    if previous is UNBOUND:
-                        delattr(storage, alias)
-                    else:
-                        setattr(storage, alias, previous)
+                if getattr(storage, hold.alias, UNBOUND) is wrapper:
+                    _rebind(storage, hold.alias, previous)
             finally:
                 try:
                     hold.give(wrapper, broken)
                 except BaseException as exc:  # keep returning the other aliases first
                     error = error or exc
         self._entries.clear()
-        if self._unpooled and ident == _thread.get_ident():
-            try:
-                _close_unpooled(storage, self._unpooled)
-            except BaseException as exc:
-                error = error or exc
-        if error is not None:
-            raise error
+        return error
+
+
+def _rebind(storage: Any, alias: str, previous: Any) -> None:
+    """Put back what ``connections[alias]`` held before the lease."""
+    if previous is UNBOUND:
+        delattr(storage, alias)
+    else:
+        setattr(storage, alias, previous)
 
 
 def _holder(wrapper: Any) -> int | None:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 # Imported here, not on the 503 path: a WebOb that cannot load (Python 3.13 removed the
 # cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
@@ -175,9 +175,7 @@ class PoolingMiddleware(Steering):
             result = self.app(environ, start_response if answer is None else answer)
         except BaseException as exc:
             lease.release(interrupted(exc))
-            if answer is None or skipped or answer.body is not None or not isinstance(
-                exc, PoolError
-            ):
+            if skipped or answer is None or not answer.replaces(exc):
                 raise
             return self._unavailable(exc, environ, start_response)
         return self._respond(result, lease, environ, answer)
@@ -263,6 +261,10 @@ class _Answer503:
         self.environ = environ
         self.start_response = start_response
         self.body: Iterable[bytes] | None = None  # the 503's, once it replaced the 500
+
+    def replaces(self, exc: BaseException) -> TypeGuard[PoolError]:
+        """Whether ``exc``, escaping the app, is answered with a 503 (no response started)."""
+        return self.body is None and isinstance(exc, PoolError)
 
     def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         timed_out = self.work.timed_out

@@ -134,16 +134,8 @@ class Classifier:
         return kind
 
     def classify(self, sql: str) -> Kind:
-        groups: list[str | None] = []
-        for statement in sql.split(";") if ";" in sql else (sql,):
-            match = self._start.match(statement)
-            if match is not None:
-                groups.append(match.lastgroup)
-        low = sql.lower()
-        if any(needle in low for needle in self._needles):
-            groups += [match.lastgroup for match in self._anywhere.finditer(sql)]
         sets = reads = None
-        for group in groups:
+        for group in self._groups(sql):
             assert group is not None
             if group in _READERS:
                 reads = reads or LABELS[group]
@@ -152,6 +144,18 @@ class Classifier:
         if sets is None and reads is None:
             return None
         return sets, reads
+
+    def _groups(self, sql: str) -> list[str | None]:
+        """The pattern groups ``sql`` matches: at each statement's start, and anywhere."""
+        groups: list[str | None] = []
+        for statement in sql.split(";") if ";" in sql else (sql,):
+            match = self._start.match(statement)
+            if match is not None:
+                groups.append(match.lastgroup)
+        low = sql.lower()
+        if any(needle in low for needle in self._needles):
+            groups += [match.lastgroup for match in self._anywhere.finditer(sql)]
+        return groups
 
 
 CLASSIFIERS = {

@@ -96,8 +96,15 @@ def judge(
     if broken:
         return CLOSE, INTERRUPTED
     configured = wrapper.settings_dict["AUTOCOMMIT"]
-    if trouble is UNKNOWN or configured is not True:
+    if trouble is UNKNOWN or configured is not True:  # what the front read assumed autocommit
         trouble = driver_trouble(raw, configured)
+    return _judge_connected(wrapper, configured, trouble, reset_session)
+
+
+def _judge_connected(
+    wrapper: Any, configured: bool, trouble: str | None, reset_session: bool
+) -> tuple[Action, str]:
+    """Steps 3-8 for a connected wrapper, given what the driver reported."""
     if trouble is not None:
         return (CLOSE if trouble in UNUSABLE else ROLL_BACK), trouble
     if wrapper.autocommit != configured:
