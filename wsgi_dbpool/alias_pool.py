@@ -91,6 +91,7 @@ class AliasPool:
         self.alias = alias
         self.settings = settings
         self.ping_after = settings.ping_after
+        self._ping_every = float("inf") if settings.ping_after is None else settings.ping_after
         self.reset_session = settings.reset == "session"
         self.pool: Pool[Wrapper] = Pool(
             alias,
@@ -267,20 +268,12 @@ class AliasPool:
         record.ran = False
         if wrapper.connection is not None:
             if record.opened_at < self._replace_before or (record.expires or now) < now:
-                self._retire(wrapper)
-            self._check_if_idle_long(wrapper, idle_since)
+                self._retire(wrapper)  # closed: it reconnects on first use, no ping
+            elif idle_since is not None and now - idle_since >= self._ping_every:
+                self._check_alive(wrapper)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
-
-    def _check_if_idle_long(self, wrapper: Wrapper, idle_since: float | None) -> None:
-        if (
-            idle_since is not None
-            and self.ping_after is not None
-            and wrapper.connection is not None  # not retired just now
-            and time.monotonic() - idle_since >= self.ping_after
-        ):
-            self._check_alive(wrapper)
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""

@@ -237,8 +237,12 @@ class Lease:
                 # (a server that closes elsewhere, or a dropped response). Then the
                 # binding left in the holder's greenlet is forgotten the next time it
                 # enters a lease, and Django refuses it until then (nobody owns it).
-                if getattr(storage, hold.alias, UNBOUND) is wrapper:
-                    _rebind(storage, hold.alias, previous)
+                alias = hold.alias
+                if getattr(storage, alias, UNBOUND) is wrapper:
+                    if previous is UNBOUND:
+                        delattr(storage, alias)
+                    else:
+                        setattr(storage, alias, previous)
             finally:
                 try:
                     hold.give(wrapper, broken)
@@ -246,14 +250,6 @@ class Lease:
                     error = error or exc
         self._entries.clear()
         return error
-
-
-def _rebind(storage: Any, alias: str, previous: Any) -> None:
-    """Put back what ``connections[alias]`` held before the lease."""
-    if previous is UNBOUND:
-        delattr(storage, alias)
-    else:
-        setattr(storage, alias, previous)
 
 
 def _holder(wrapper: Any) -> int | None:
