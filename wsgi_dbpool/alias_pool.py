@@ -121,11 +121,15 @@ class AliasPool:
     # -- wrapper lifecycle --------------------------------------------------------
 
     def _create(self) -> Wrapper:
-        return self.new_wrapper()
+        """A carrier: a wrapper of this pool that connects on first use (timed, and
+        refused at once while the breaker is open)."""
+        wrapper = self.new_wrapper()
+        wrapper.connect = self._timed(wrapper)  # this wrapper's own, not the class's
+        return wrapper
 
     def new_wrapper(self) -> Wrapper:
-        """A wrapper from Django's own factory, marked as ours: no I/O, it connects on
-        first use (a carrier), or borrows a carrier's connection (a front)."""
+        """A wrapper from Django's own factory, marked as ours, with the execute-seam
+        watches: no I/O. A carrier (:meth:`_create`) or a front (``front.Front``) after."""
         wrapper = django_create_connection(self.alias)
         wrapper._wsgi_dbpool = Record(self)  # record.RECORD_ATTR
         # Django's public per-connection hook; it stays first, so it sees every error.
@@ -136,7 +140,6 @@ class AliasPool:
             )
         if self._watch_session:
             wrapper.execute_wrappers.insert(1, self._watch_session)
-        wrapper.connect = self._timed(wrapper)  # this wrapper's own, not the class's
         return wrapper
 
     def _timed(self, wrapper: Wrapper) -> Any:
