@@ -8,7 +8,7 @@ repair of Django's connection storage, leasing (:meth:`DjangoPool.lease`,
 :meth:`~DjangoPool.close`, :meth:`~DjangoPool.prewarm`, :meth:`~DjangoPool.resize`,
 :meth:`~DjangoPool.drain`, :meth:`~DjangoPool.pause`, :meth:`~DjangoPool.resume`).
 An adapter builds one, and turns its own unit of work (a request, a task) into a
-:class:`~wsgi_dbpool.lease.Work` to lease for.
+:class:`~wsgi_dbpool.work.Work` to lease for.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from . import _concurrency, alias_pool, checks
 from .alias_pool import AliasPool
 from .hold import hold_for
 from .hold_watch import HoldWatch
-from .lease import ConnectionSlots, Lease, Work, interrupted
+from .lease import ConnectionSlots, Lease, interrupted
 from .pool import Pool
 from .settings import Knobs, PoolSettings, check_seconds
+from .work import Work
 
 logger = logging.getLogger("wsgi_dbpool")
 

@@ -24,9 +24,10 @@ from . import _concurrency, _internals, drivers
 from .alias_pool import SPAWNED, AliasPool
 from .errors import PoolError
 from .hold_watch import HoldWatch
-from .lease import Work, in_lease
+from .lease import in_lease
 from .record import Record, record_of
 from .verdict import UNKNOWN
+from .work import Work
 
 logger = logging.getLogger("wsgi_dbpool")
 

@@ -20,8 +20,9 @@ from typing import Any
 from .alias_pool import AliasPool
 from .front import Front
 from .hold_watch import HoldWatch
-from .lease import Hold, Work
+from .lease import Hold
 from .settings import PoolSettings
+from .work import Work
 
 
 class WholeWork:

@@ -16,9 +16,10 @@ from . import quiet
 from .breaker import retry_after_header
 from .core import DjangoPool, Steering
 from .errors import DatabaseUnavailable, PoolError, PoolTimeout
-from .lease import Lease, Work, interrupted
+from .lease import Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
 from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
+from .work import Work
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -8,12 +8,23 @@ it is typed and mypy checks every read and write: ``record_of(wrapper).taken``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # for the annotations only: these modules import this one
-    from .alias_pool import AliasPool
-    from .front import Front
-    from .lease import Work
+from .work import Work
+
+
+class Owner(Protocol):
+    """What a record asks of the alias pool that made its wrapper (``AliasPool``)."""
+
+    def note_opened(self, wrapper: Any) -> None: ...
+
+
+class Lender(Protocol):
+    """What a record asks of the front that made its wrapper (``front.Front``)."""
+
+    per_transaction: bool
+
+    def detach_if_idle(self, wrapper: Any) -> None: ...
 
 # The wrapper attribute that holds the record.
 RECORD_ATTR = "_wsgi_dbpool"
@@ -27,7 +38,7 @@ class Record:
         "opened_at", "pool", "ran", "session", "setup", "taken", "work",
     )
 
-    def __init__(self, pool: AliasPool) -> None:
+    def __init__(self, pool: Owner) -> None:
         self.pool = pool  # the alias pool that made the wrapper
         self.holder: int | None = None  # the ident of the greenlet holding it
         # The server connection: opened and not yet seen closed; when (monotonic); when it
@@ -45,7 +56,7 @@ class Record:
         # A front wrapper's (hold="lazy"/"transaction"): its Front, the carrier it borrows
         # while attached, the work it serves, the carrier whose connect() state it last
         # took, and its long-hold watch token while attached.
-        self.front: Front | None = None
+        self.front: Lender | None = None
         self.carrier: Any = None
         self.work: Work | None = None
         self.copied_from: Any = None
