@@ -53,7 +53,8 @@ def test_task_pool_resize_pause_resume_drain(tasks, db):
     # Cap 1: two tasks at once run one after the other.
     running = [gevent.spawn(hold.apply, args=(0.5,)) for _ in range(2)]
     wait_until(lambda: _sleeping(db) == 1, what="the first task's query")
-    assert pool.stats()["default"]["waiting"] == 1 and _sleeping(db) == 1
+    wait_until(lambda: pool.stats()["default"]["waiting"] == 1, what="the second task waiting")
+    assert _sleeping(db) == 1  # the server runs one at a time
     gevent.joinall(running, raise_error=True)
     first = {g.value.get() for g in running}
     assert len(first) == 1  # one server connection served both
