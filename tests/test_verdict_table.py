@@ -120,14 +120,17 @@ def test_verdict_table(wrapper, broken, reset_session, action, reason):
     assert judge(wrapper, broken, reset_session) == (action, reason)
 
 
-def test_verdict_reuses_the_trouble_read_after_a_statement_but_only_for_autocommit():
+def test_verdict_reuses_the_trouble_it_is_given():
     in_transaction = PyMySQLState(status=IN_TRANS | AUTOCOMMIT)
     # What the front read (nothing wrong) is trusted: the driver is not asked again.
     assert judge(Wrapper(in_transaction), False, False, None) == (Action.KEEP, verdict.CLEAN)
-    # An alias configured with AUTOCOMMIT off: read for that setting, not the front's.
+    # Not given (UNKNOWN, the default, and what a front passes for an alias configured with
+    # AUTOCOMMIT off): the verdict reads the driver for the alias's setting.
     manual = Wrapper(PyMySQLState(status=AUTOCOMMIT), settings_dict={"AUTOCOMMIT": False},
                      autocommit=False)
-    assert judge(manual, False, False, None) == (Action.ROLL_BACK, drivers.AUTOCOMMIT_CHANGED)
+    assert judge(manual, False, False, verdict.UNKNOWN) == (
+        Action.ROLL_BACK, drivers.AUTOCOMMIT_CHANGED
+    )
 
 
 # (id, wrapper) -> what the front does after a statement under hold="transaction".

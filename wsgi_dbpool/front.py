@@ -241,8 +241,11 @@ class Front:
         if raw is None or record.carrier is None:
             return
         trouble = keep_attached(wrapper, record, raw)
-        if trouble is not KEEP_ATTACHED:
-            self.detach(wrapper, False, trouble)
+        if trouble is KEEP_ATTACHED:
+            return
+        if wrapper.settings_dict["AUTOCOMMIT"] is not True:  # read for autocommit: not this
+            trouble = UNKNOWN  # alias's setting, so the verdict reads the driver itself
+        self.detach(wrapper, False, trouble)
 
     def _around_statement(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]

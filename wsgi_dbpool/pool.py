@@ -339,7 +339,11 @@ class Pool(Generic[T]):
             if state.outstanding <= 0:
                 raise RuntimeError(f"pool {self.name!r}: release without a checkout")
             if taken is not None:
-                _note_hold(state, now - taken)
+                held = now - taken
+                state.hold_seconds += held
+                # Most holds are in the first bucket: no search for them.
+                bucket = 0 if held <= WAIT_BUCKETS[0] else bisect.bisect_left(WAIT_BUCKETS, held)
+                state.hold_histogram[bucket] += 1
             if state.waiters and not self.paused:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
@@ -536,14 +540,6 @@ class Pool(Generic[T]):
                 PAUSED: int(self.paused),
                 **state.events,
             }
-
-
-def _note_hold(state: _ProcessState[T], held: float) -> None:
-    """Under the lock: one hold time (checkout to return), for ``hold_seconds``."""
-    state.hold_seconds += held
-    # Most holds are in the first bucket: no search for them.
-    bucket = 0 if held <= WAIT_BUCKETS[0] else bisect.bisect_left(WAIT_BUCKETS, held)
-    state.hold_histogram[bucket] += 1
 
 
 def _cumulative(

@@ -82,8 +82,8 @@ def judge(
     wrapper: Any, broken: bool, reset_session: bool, trouble: Any = UNKNOWN
 ) -> tuple[Action, str]:
     """The action the returned ``wrapper`` needs, and why (steps 0-8 above). ``trouble``:
-    what :func:`~wsgi_dbpool.drivers.driver_trouble` just answered for a holder
-    expecting autocommit, if the caller asked it (a front after a statement)."""
+    what :func:`~wsgi_dbpool.drivers.driver_trouble` just answered for this wrapper's
+    configured autocommit, if the caller asked it (a front after a statement)."""
     record: Record = wrapper._wsgi_dbpool
     failover = record.failover
     if failover is not None:
@@ -96,15 +96,8 @@ def judge(
     if broken:
         return CLOSE, INTERRUPTED
     configured = wrapper.settings_dict["AUTOCOMMIT"]
-    if trouble is UNKNOWN or configured is not True:  # what the front read assumed autocommit
+    if trouble is UNKNOWN:
         trouble = driver_trouble(raw, configured)
-    return _judge_connected(wrapper, configured, trouble, reset_session)
-
-
-def _judge_connected(
-    wrapper: Any, configured: bool, trouble: str | None, reset_session: bool
-) -> tuple[Action, str]:
-    """Steps 3-8 for a connected wrapper, given what the driver reported."""
     if trouble is not None:
         return (CLOSE if trouble in UNUSABLE else ROLL_BACK), trouble
     if wrapper.autocommit != configured:
