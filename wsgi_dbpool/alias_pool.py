@@ -42,6 +42,7 @@ from .verdict import (
     judge,
     judge_settled,
 )
+from .work import Work
 
 # Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it.
 Wrapper = Any
@@ -251,7 +252,7 @@ class AliasPool:
 
     # -- checkout -----------------------------------------------------------------
 
-    def checkout(self, timeout: float | None, ident: int) -> Any:
+    def checkout(self, work: Work, ident: int) -> Any:
         """A wrapper owned by greenlet ``ident``, checked if it sat idle a while.
 
         Raises :class:`~wsgi_dbpool.errors.DatabaseUnavailable` at once while the
@@ -262,7 +263,7 @@ class AliasPool:
         breaker = self.breaker
         if breaker is not None and breaker.open_until:
             breaker.refuse()
-        wrapper, idle_since = self.pool.acquire(timeout)
+        wrapper, idle_since = self.pool.acquire(work.timeout)
         # Ownership moves to the caller; Django checks it on every use.
         set_owner(wrapper, ident)
         record: Record = wrapper._wsgi_dbpool
@@ -277,6 +278,10 @@ class AliasPool:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         return wrapper
+
+    # hold="request": the alias pool is itself the strategy (``lease.Hold``): a unit of work
+    # takes a carrier when it starts and gives it back when it ends.
+    take = checkout
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""
@@ -367,6 +372,8 @@ class AliasPool:
         finally:
             set_owner(giving, NOBODY)
             self.pool.release(giving, reusable=True, taken=taken)
+
+    give = checkin  # the strategy's return (hold="request"), as ``take`` is checkout
 
     def _carry_out(self, wrapper: Wrapper, action: Action, reason: str) -> Wrapper:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""

@@ -62,6 +62,7 @@ class Front:
         self.alias = alias_pool.alias
         self.per_transaction = per_transaction
         self.holds = watch  # holds are attachments, not works
+        self._no_work = Work(alias_pool.settings.timeout)  # for a front that serves none
         self._free: _concurrency.PerProcess[list[Any]] = _concurrency.PerProcess(list)
         # hold="lazy": the greenlets holding (or waiting for) a connection of this alias,
         # whose spawned greenlets must not wait for one under the same cap.
@@ -145,12 +146,11 @@ class Front:
 
     def _connected_carrier(self, wrapper: Any, work: Work | None) -> Any:
         """A carrier checked out of the alias pool for the calling greenlet, connected."""
-        timeout = work.timeout if work is not None else self.alias_pool.settings.timeout
         ident = _concurrency.get_ident()
         if not self.per_transaction:
             self.holding.add(ident)
         try:
-            carrier = self.alias_pool.checkout(timeout, ident)
+            carrier = self.alias_pool.checkout(work or self._no_work, ident)
         except PoolError as exc:
             self.holding.discard(ident)
             if work is not None:
