@@ -103,24 +103,27 @@ def _after_fork_in_child() -> None:
 
 class PerProcess(Generic[T]):
     """A value that belongs to one process: made by ``make`` at first use, and made again
-    at first use in a forked child (what the parent had is never shared with a child)."""
+    at first use in a forked child (what the parent had is never shared with a child).
 
-    __slots__ = ("_generation", "_make", "_value")
+    On a per-request path, read it without a call: ``p.value if p.generation ==
+    _concurrency._fork_generation else p.get()``."""
+
+    __slots__ = ("_make", "generation", "value")
 
     def __init__(self, make: Callable[[], T]) -> None:
         self._make = make
-        self._generation = -1
-        self._value: T | None = None
+        self.generation = -1  # the fork generation ``value`` was made in
+        self.value: T = None  # type: ignore[assignment]  # made at the first get()
 
     def get(self) -> T:
-        if self._generation != _fork_generation:
-            self._value = self._make()
-            self._generation = _fork_generation
-        return self._value  # type: ignore[return-value]  # made just above, or before
+        if self.generation != _fork_generation:
+            self.value = self._make()
+            self.generation = _fork_generation
+        return self.value
 
     def made(self) -> bool:
         """Whether the value was made in this process already."""
-        return self._generation == _fork_generation
+        return self.generation == _fork_generation
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

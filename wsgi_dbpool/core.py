@@ -80,7 +80,9 @@ class DjangoPool(Knobs):
         ``work``; the caller releases the lease exactly once. ``watched``: the long-hold
         watch (``hold_warning``) times it."""
         watch = self._lease_watch if watched else None
-        return Lease(self._holds, self._storage.get(), work, self.unpooled, watch)
+        per = self._storage  # PerProcess.get() inlined: the per-request path
+        storage = per.value if per.generation == _concurrency._fork_generation else per.get()
+        return Lease(self._holds, storage, work, self.unpooled, watch)
 
     def lease_nothing(self, work: Work) -> Lease:
         """No checkout; but a connection the work opens anyway is closed at its end, or it

@@ -72,7 +72,8 @@ class Front:
 
     def take(self, work: Work | None, ident: int) -> Any:
         """A detached front wrapper for greenlet ``ident``: no server connection yet."""
-        free = self._free.get()  # inherited ones are left behind: never shared across processes
+        per = self._free  # PerProcess.get() inlined: inherited ones are left behind
+        free = per.value if per.generation == _concurrency._fork_generation else per.get()
         wrapper = free.pop() if free else self._make()
         _internals.set_owner(wrapper, ident)
         record: Record = wrapper._wsgi_dbpool
@@ -93,7 +94,9 @@ class Front:
             record.holder = None
             _internals.set_owner(wrapper, _internals.NOBODY)
             _reset_work_state(wrapper)
-            self._free.get().append(wrapper)
+            per = self._free
+            free = per.value if per.generation == _concurrency._fork_generation else per.get()
+            free.append(wrapper)
 
     def _make(self) -> Any:
         wrapper = self.alias_pool.new_wrapper()
