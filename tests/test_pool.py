@@ -680,7 +680,7 @@ def test_call_later_runs_once_after_the_delay_and_logs_an_error(caplog):
 
 
 def test_hold_watch_warns_once_per_long_hold_and_notes_its_end(caplog):
-    from wsgi_dbpool.holds import HoldWatch
+    from wsgi_dbpool.hold_watch import HoldWatch
 
     watch = HoldWatch(0.02, ("default",))
     with caplog.at_level(logging.INFO, logger="wsgi_dbpool"):

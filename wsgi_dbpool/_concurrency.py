@@ -15,9 +15,12 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -96,6 +99,31 @@ def fork_generation() -> int:
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+
+
+class PerProcess(Generic[T]):
+    """A value that belongs to one process: made by ``make`` at first use, and made again
+    at first use in a forked child (what the parent had is never shared with a child).
+
+    On a per-request path, read it without a call: ``p.value if p.generation ==
+    _concurrency._fork_generation else p.get()``."""
+
+    __slots__ = ("_make", "generation", "value")
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self.generation = -1  # the fork generation ``value`` was made in
+        self.value: T = None  # type: ignore[assignment]  # made at the first get()
+
+    def get(self) -> T:
+        if self.generation != _fork_generation:
+            self.value = self._make()
+            self.generation = _fork_generation
+        return self.value
+
+    def made(self) -> bool:
+        """Whether the value was made in this process already."""
+        return self.generation == _fork_generation
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -186,8 +214,6 @@ def call_soon(callback: Callable[[], None]) -> None:
 
 def sleep(seconds: float) -> None:
     """Pause the caller: only this greenlet under gevent (``time.sleep`` is patched)."""
-    import time
-
     time.sleep(seconds)
 
 

@@ -125,8 +125,10 @@ PyMySQL's ``RuntimeError`` texts          a connect whose authentication needs a
                                           WARNING with the extra to install.
 ========================================  ==============================================
 
-Public driver state read here too (and in :mod:`~wsgi_dbpool.alias_pool`, which asks
-PyMySQL's ``get_server_info()`` whether the server is MariaDB for ``statement_timeout``):
+The driver details of this table (PyMySQL, psycopg, sqlite3) are read and written in
+:mod:`wsgi_dbpool.drivers`, one adapter class per driver family, and only there (but for
+:mod:`~wsgi_dbpool.alias_pool`, which asks PyMySQL's public ``get_server_info()`` whether
+the server is MariaDB for ``statement_timeout``). Public driver state read there too:
 PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
 ``autocommit``, ``info.transaction_status``; psycopg2 ``closed``, ``autocommit``,
 ``get_transaction_status()``; sqlite3 ``in_transaction``, ``isolation_level``.
@@ -134,9 +136,8 @@ PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("wsgi_dbpool")
@@ -173,168 +174,6 @@ def replace_thread_local_storage(local: Any, storage: Any) -> None:
 
 def set_driver_autocommit(wrapper: Any, autocommit: bool) -> None:
     wrapper._set_autocommit(autocommit)
-
-
-# -- the driver's real state, read from memory -----------------------------------------
-#
-# A probe answers "what is wrong with this raw connection?" from what the driver holds
-# in memory, with no round trip: None for nothing, else one of these reasons. The
-# first three mean the connection cannot be handed on at all; the last two mean it is
-# usable once rolled back and its autocommit restored.
-
-CLOSED = "its connection was closed under it (an interrupted or lost query)"
-MID_RESULT = "a result was still being read from the wire"
-MID_COMMAND = "a command was still in progress"
-IN_TRANSACTION = "it was left in a transaction"
-AUTOCOMMIT_CHANGED = "its autocommit was changed behind Django's back"
-
-UNUSABLE = frozenset((CLOSED, MID_RESULT, MID_COMMAND))
-
-Probe = Callable[[Any, bool], "str | None"]
-
-
-def _pymysql(raw: Any, autocommit: bool) -> str | None:
-    if not raw.open:
-        return CLOSED
-    result = raw._result
-    # A result still on the wire, or more results to come (SERVER_MORE_RESULTS_EXISTS,
-    # 0x8, which PyMySQL keeps as ``has_next``: a CALL or "a; b" read only in part).
-    if result is not None and (result.unbuffered_active or result.has_next):
-        return MID_RESULT
-    status = raw.server_status
-    if status & 1:  # SERVER_STATUS_IN_TRANS
-        return IN_TRANSACTION
-    if bool(status & 2) is not autocommit:  # SERVER_STATUS_AUTOCOMMIT
-        return AUTOCOMMIT_CHANGED
-    return None
-
-
-def _libpq(closed: bool, status: int, driver_autocommit: bool, autocommit: bool) -> str | None:
-    # libpq's transaction status: IDLE 0, ACTIVE 1, INTRANS 2, INERROR 3, UNKNOWN 4.
-    if closed or status == 4:
-        return CLOSED
-    if status == 1:
-        return MID_COMMAND
-    if status:
-        return IN_TRANSACTION
-    if driver_autocommit is not autocommit:
-        return AUTOCOMMIT_CHANGED
-    return None
-
-
-def _psycopg3(raw: Any, autocommit: bool) -> str | None:
-    return _libpq(
-        raw.closed or raw.broken, int(raw.info.transaction_status), bool(raw.autocommit), autocommit
-    )
-
-
-def _psycopg2(raw: Any, autocommit: bool) -> str | None:
-    closed = bool(raw.closed)
-    status = 4 if closed else int(raw.get_transaction_status())
-    return _libpq(closed, status, bool(raw.autocommit), autocommit)
-
-
-def _sqlite3(raw: Any, autocommit: bool) -> str | None:
-    if raw.in_transaction:
-        return IN_TRANSACTION
-    if (raw.isolation_level is None) is not autocommit:  # Django's autocommit switch
-        return AUTOCOMMIT_CHANGED
-    return None
-
-
-def _unknown(raw: Any, autocommit: bool) -> str | None:
-    return None  # Django's own flags are all we go by
-
-
-def _probe_for(raw: Any) -> Probe:
-    if isinstance(getattr(raw, "server_status", None), int) and hasattr(raw, "open"):
-        return _pymysql
-    info = getattr(raw, "info", None)
-    if info is not None and hasattr(info, "transaction_status") and hasattr(raw, "broken"):
-        return _psycopg3
-    if callable(getattr(raw, "get_transaction_status", None)):
-        return _psycopg2
-    if isinstance(getattr(raw, "in_transaction", None), bool):
-        return _sqlite3
-    return _unknown
-
-
-_PROBES: dict[type, Probe] = {}
-
-
-def driver_trouble(raw: Any, autocommit: bool) -> str | None:
-    """What is wrong with ``raw`` for a holder expecting ``autocommit``; None: nothing."""
-    probe = _PROBES.get(type(raw))
-    if probe is None:
-        probe = _PROBES[type(raw)] = _probe_for(raw)
-    return probe(raw, autocommit)
-
-
-def abandon_unread_result(raw: Any) -> None:
-    """Let PyMySQL forget a result left on the wire, so that the cursor holding it does
-    not try to read the rest from a closed connection when it is collected."""
-    result = getattr(raw, "_result", None)
-    if result is not None and getattr(result, "unbuffered_active", False):
-        result.unbuffered_active = False
-
-
-def force_close(raw: Any) -> None:
-    """Drop the raw connection without a goodbye on the wire (it may be mid-protocol)."""
-    close = getattr(raw, "_force_close", None)  # PyMySQL: close the socket, send nothing
-    try:
-        if close is not None:
-            close()
-        else:
-            raw.close()
-    except Exception as exc:  # already broken: the socket is gone either way
-        logger.debug("closing a broken connection failed: %r", exc)
-
-
-# -- MySQL / MariaDB session reset (PyMySQL) ---------------------------------------------
-
-COM_RESET_CONNECTION = 0x1F  # MySQL >= 5.7, MariaDB >= 10.2
-
-
-def pymysql_reset_session(raw: Any) -> None:
-    """``COM_RESET_CONNECTION``, then what PyMySQL's ``connect()`` set up, replayed.
-
-    The reset gives the session the server's global defaults, which are not what the
-    connection was opened with: the character set and collation asked for, the
-    ``sql_mode`` and ``init_command`` options; and MariaDB keeps the current database
-    across the reset, so a ``USE`` would survive it.
-    """
-    raw._execute_command(COM_RESET_CONNECTION, b"")
-    raw._read_ok_packet()
-    if raw.db:
-        raw.select_db(raw.db)
-    raw.set_character_set(raw.charset, raw.collation)
-    if raw.sql_mode is not None:
-        with raw.cursor() as cursor:
-            cursor.execute("SET sql_mode=%s", (raw.sql_mode,))
-    if raw.init_command is not None:
-        with raw.cursor() as cursor:
-            cursor.execute(raw.init_command)
-
-
-def is_usable(wrapper: Any) -> bool:
-    """Django's ``is_usable()``, without a silent reconnect.
-
-    PyMySQL before 1.2 pings with ``reconnect=True`` by default, so Django's check
-    answers "usable" for a connection the server killed, having opened a new session
-    behind Django's back (no ``connection_created``, no Django set-up, not counted).
-    """
-    raw = wrapper.connection
-    if is_pymysql(raw):
-        try:
-            raw.ping(reconnect=False)
-        except wrapper.Database.Error:
-            return False
-        return True
-    return bool(wrapper.is_usable())
-
-
-def is_pymysql(raw: Any) -> bool:
-    return hasattr(raw, "_execute_command") and hasattr(raw, "_read_ok_packet")
 
 
 # -- front wrappers (hold="lazy" / "transaction") ------------------------------------------
@@ -402,66 +241,6 @@ def keep_server_caches(front: Any, carrier: Any) -> None:
             target[name] = source[name]
 
 
-def override_front_methods(wrapper: Any, front: Any) -> None:
-    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``; with
-    ``hold="transaction"`` a cursor made while detached attaches at its first statement."""
-    cls = type(wrapper)
-
-    def connect() -> None:
-        front.attach(wrapper)
-
-    def get_autocommit() -> bool:
-        if wrapper.connection is None:  # detached: the next attachment restores this
-            if wrapper.closed_in_transaction and not wrapper.in_atomic_block:
-                # Closed inside atomic(), whose end has passed: Django's own answer
-                # connects, and connect() starts afresh. So does the next attachment.
-                reset_transaction_state(wrapper)
-                wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
-            return bool(wrapper.autocommit)
-        return bool(cls.get_autocommit(wrapper))
-
-    def set_autocommit(
-        autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
-    ) -> None:
-        cls.set_autocommit(wrapper, autocommit, force_begin_transaction_with_broken_autocommit)
-        if autocommit and front.per_transaction:
-            front.detach_if_idle(wrapper)  # the end of the outermost atomic(), on_commit run
-
-    def close() -> None:
-        try:
-            cls.close(wrapper)
-        finally:
-            front.detach(wrapper)  # the raw connection is closed: give the slot back
-
-    @contextlib.contextmanager
-    def temporary_connection() -> Iterator[Any]:
-        # Django's closes a connection it opened for the occasion; a front borrowed one:
-        # closing it would cost the pool a reconnect. Under hold="transaction" it is
-        # given back as after any statement; under "lazy" the work holds it as usual.
-        detached = wrapper.connection is None
-        try:
-            wrapper.ensure_connection()
-            with wrapper.cursor() as cursor:
-                yield cursor
-        finally:
-            if detached and front.per_transaction:
-                front.detach_if_idle(wrapper)
-
-    wrapper.connect = connect
-    wrapper.get_autocommit = get_autocommit
-    wrapper.set_autocommit = set_autocommit
-    wrapper.close = close
-    wrapper.temporary_connection = temporary_connection
-    if front.per_transaction:
-
-        def _cursor(name: str | None = None) -> Any:
-            if name is None and wrapper.connection is None:
-                return front.detached_cursor(wrapper)
-            return cls._cursor(wrapper, name)
-
-        wrapper._cursor = _cursor
-
-
 def driver_cursor_connection(django_cursor: Any) -> Any:
     return getattr(django_cursor.cursor, "connection", None)
 
@@ -490,23 +269,3 @@ def install_create_connection(hook: Callable[[str], Any]) -> None:
     from django.db import connections
 
     connections.create_connection = hook
-
-
-# What PyMySQL says when an authentication method needs a package it cannot import, and
-# the extra that brings it: caching_sha2_password's full authentication without TLS (MySQL
-# after a restart) needs RSA; MariaDB's ed25519 needs NaCl.
-_AUTH_PACKAGES = (
-    ("'cryptography' package is required", "PyMySQL[rsa]",
-     "caching_sha2_password's full authentication without TLS (sha256_password too)"),
-    ("'pynacl' package is required", "PyMySQL[ed25519]", "MariaDB's ed25519 authentication"),
-)
-
-
-def missing_auth_package(exc: BaseException) -> tuple[str, str] | None:
-    """(the extra to install, what needs it) when ``exc`` is PyMySQL missing one, else None."""
-    if isinstance(exc, RuntimeError):
-        text = str(exc)
-        for needle, extra, needed_by in _AUTH_PACKAGES:
-            if needle in text:
-                return extra, needed_by
-    return None

@@ -14,29 +14,22 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
-from . import _concurrency, failover, session_state
-from ._internals import (
-    NOBODY,
-    UNUSABLE,
-    abandon_unread_result,
-    django_create_connection,
-    force_close,
-    is_usable,
-    missing_auth_package,
-    set_owner,
-)
+from . import _concurrency, drivers, failover, session_state
+from ._internals import NOBODY, django_create_connection, set_owner
 from .breaker import Breaker
-from .front import Front, Work
+from .drivers import UNUSABLE, driver_of, force_close, missing_auth_package
+from .lease import in_lease
 from .max_hold import MaxHold
 from .pool import Pool
+from .record import Record, record_of, record_or_none
 from .session import reset_session
 from .settings import PoolSettings
 from .verdict import (
     CHECK,
     CLOSE,
+    DRAINED,
     FAIL_OVER,
     INTERRUPTED,
     KEEP,
@@ -45,35 +38,45 @@ from .verdict import (
     RESET,
     ROLL_BACK,
     SESSION_CHANGED,
+    UNKNOWN,
+    Action,
     judge,
     judge_settled,
 )
+from .work import Work
 
 # Django's ``BaseDatabaseWrapper``, carrying the attributes this module adds to it.
 Wrapper = Any
 
 logger = logging.getLogger("wsgi_dbpool")
 
-# Attributes this library sets on the wrappers it creates (and ``_wsgi_dbpool_holder``,
 # the ident of the greenlet holding it, or None).
-POOL_ATTR = "_wsgi_dbpool_pool"  # the AliasPool that owns the wrapper
-_OPEN_ATTR = "_wsgi_dbpool_open"  # a server connection was opened and not yet seen closed
-_OPENED_AT = "_wsgi_dbpool_opened_at"  # when (monotonic) it was opened
-_EXPIRES = "_wsgi_dbpool_expires"  # when (monotonic) it reaches its max_lifetime, or None
-_TAKEN = "_wsgi_dbpool_taken"  # when (monotonic) it was last checked out
 
-# What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats).
+# What the policy counts, beside the pool's own STATS_KEYS (see PoolingMiddleware.stats),
+# written once: stats(), the exporters and the tests read them from here.
+OPENED = "opened"  # server connections opened
+CLOSED = "closed"  # server connections closed
+STALE = "stale"  # found dead on checkout
+DIRTY = "dirty"  # returned inside a transaction, or with autocommit changed
+BROKEN = "broken"  # closed on return: interrupted, or closed mid-command or mid-result
+OVERFLOW = "overflow"  # opened for a pooled alias outside any lease
+SPAWNED = "spawned"  # greenlets spawned by a view given a front wrapper
+FAILOVERS = "failovers"  # failover errors that closed the alias's connections
+PINNED = "pinned"  # units of work that left state on their session
+UNAVAILABLE = "unavailable"  # answered at once while the breaker was open (breaker.py)
+DRAINED_COUNT = "drained"  # calls of drain()
+TAKEN_BACK = "taken_back"  # connections taken back by max_hold (max_hold.py)
 POLICY_EVENTS = (
-    "opened", "closed", "stale", "dirty", "broken", "overflow", "spawned", "failovers", "pinned",
-    "unavailable", "drained", "taken_back",
+    OPENED, CLOSED, STALE, DIRTY, BROKEN, OVERFLOW, SPAWNED, FAILOVERS, PINNED, UNAVAILABLE,
+    DRAINED_COUNT, TAKEN_BACK,
 )
 # What the policy shows of its state now (gauges), beside the counters.
 BREAKER_OPEN = "breaker_open"  # 1 while fail_fast's breaker is open, else 0
 POLICY_GAUGES = (BREAKER_OPEN,)
 
-# The return verdict of a connection opened before the last drain(): close, and
-# give back a new wrapper (made from the alias's settings as they are now).
-DRAINED = "drained"
+
+# The verdicts after which the server connection is not handed on.
+_PARTING = frozenset((FAIL_OVER, DRAINED, REPLACE, CLOSE))
 
 # The pool serving each alias in this process, for connections opened outside it.
 _serving: dict[str, weakref.ref[AliasPool]] = {}
@@ -91,6 +94,7 @@ class AliasPool:
         self.alias = alias
         self.settings = settings
         self.ping_after = settings.ping_after
+        self._ping_every = float("inf") if settings.ping_after is None else settings.ping_after
         self.reset_session = settings.reset == "session"
         self.pool: Pool[Wrapper] = Pool(
             alias,
@@ -115,53 +119,39 @@ class AliasPool:
             self.breaker = Breaker(
                 alias, probe=self._probe, on_open=self.close_idle, count=self.pool.count
             )
+        # max_hold: takes back a carrier held past it (every hold mode: a front's carrier
+        # passes through checkout()/checkin() per attachment too).
+        self.max_hold = MaxHold(self, settings.max_hold) if settings.max_hold is not None else None
         _serving[alias] = weakref.ref(self)
-        # How a unit of work takes and gives back this alias: the carrier itself for the
-        # whole work (hold="request"), or a front wrapper that borrows one when needed.
-        self.front: Front | None = None
-        self.take: Callable[[float | None, int, Work | None], Wrapper] = self.checkout
-        self.give: Callable[[Wrapper, bool], None] = self.checkin
-        if settings.hold != "request":
-            front = self.front = Front(self, per_transaction=settings.hold == "transaction")
-            self.take = lambda timeout, ident, work: front.take(work, ident)
-            self.give = front.give_back
-        if settings.max_hold is not None:  # max_hold: wraps checkout/checkin/attach to take back
-            MaxHold(self, settings.max_hold)
 
     # -- wrapper lifecycle --------------------------------------------------------
 
     def _create(self) -> Wrapper:
-        return self.new_wrapper()
+        """A carrier: a wrapper of this pool that connects on first use (timed, and
+        refused at once while the breaker is open)."""
+        wrapper = self.new_wrapper()
+        wrapper.connect = self._timed(wrapper)  # this wrapper's own, not the class's
+        return wrapper
 
     def new_wrapper(self) -> Wrapper:
-        """A wrapper from Django's own factory, marked as ours: no I/O, it connects on
-        first use (a carrier), or borrows a carrier's connection (a front)."""
+        """A wrapper from Django's own factory, marked as ours, with the execute-seam
+        watches: no I/O. A carrier (:meth:`_create`) or a front (``front.Front``) after."""
         wrapper = django_create_connection(self.alias)
-        setattr(wrapper, POOL_ATTR, self)
-        wrapper._wsgi_dbpool_holder = None
-        setattr(wrapper, _OPEN_ATTR, False)
-        setattr(wrapper, _OPENED_AT, 0.0)
-        setattr(wrapper, _EXPIRES, None)
-        setattr(wrapper, _TAKEN, 0.0)
-        setattr(wrapper, failover.FAILOVER_ATTR, None)
+        wrapper._wsgi_dbpool = Record(self)  # record.RECORD_ATTR
         # Django's public per-connection hook; it stays first, so it sees every error.
         wrapper.execute_wrappers.insert(0, failover.watch)
-        setattr(wrapper, session_state.SESSION_ATTR, None)
-        setattr(wrapper, session_state.RAN_ATTR, False)
-        setattr(wrapper, session_state.SETUP_ATTR, False)
         if self._watch_session is None:
             self._watch_session = (
                 session_state.watcher(wrapper.vendor, self.settings.session_state) or False
             )
         if self._watch_session:
             wrapper.execute_wrappers.insert(1, self._watch_session)
-        wrapper.connect = self._timed(wrapper)  # this wrapper's own, not the class's
         return wrapper
 
     def _timed(self, wrapper: Wrapper) -> Any:
         note_connect = self.pool.note_connect
         connect = wrapper.connect
-        state = wrapper.__dict__
+        record = record_of(wrapper)
         breaker = self.breaker
 
         def timed_connect() -> None:
@@ -171,7 +161,7 @@ class AliasPool:
             ):
                 breaker.refuse()  # checked out before the breaker opened: no connect now
             started = time.monotonic()
-            state[session_state.SETUP_ATTR] = True  # Django's session set-up: not the work's
+            record.setup = True  # Django's session set-up: not the work's
             try:
                 connect()
             except RuntimeError as exc:  # the server answered: not a reason to trip the breaker
@@ -182,7 +172,7 @@ class AliasPool:
                     breaker.failed(exc)
                 raise
             finally:
-                state[session_state.SETUP_ATTR] = False
+                record.setup = False
                 note_connect(time.monotonic() - started)
 
         return timed_connect
@@ -217,22 +207,22 @@ class AliasPool:
         self.note_closed(wrapper)
 
     def note_opened(self, wrapper: Wrapper) -> None:
-        if getattr(wrapper, _OPEN_ATTR, False):
+        record = record_of(wrapper)
+        if record.open:
             # Django closed the previous one itself (CONN_MAX_AGE, errors) mid-lease.
-            self.pool.count("closed")
-        setattr(wrapper, _OPEN_ATTR, True)
+            self.pool.count(CLOSED)
+        record.open = True
         # A new session is a clean one (what Django's set-up just sent does not count).
-        setattr(wrapper, session_state.SESSION_ATTR, None)
-        now = time.monotonic()
-        setattr(wrapper, _OPENED_AT, now)
+        record.session = None
+        record.opened_at = now = time.monotonic()
         lifetime = self.settings.max_lifetime
         if lifetime is not None:
             # Drawn per connection, so that connections opened together do not all
             # expire (and reconnect) in the same second. It replaces CONN_MAX_AGE.
             jitter = self.settings.lifetime_jitter
-            setattr(wrapper, _EXPIRES, now + lifetime * (1.0 - jitter * random.random()))
+            record.expires = now + lifetime * (1.0 - jitter * random.random())
             wrapper.close_at = None
-        self.pool.count("opened")
+        self.pool.count(OPENED)
         if self.settings.statement_timeout is not None:
             self._limit_statements(wrapper)
 
@@ -260,13 +250,14 @@ class AliasPool:
 
     def note_closed(self, wrapper: Wrapper) -> None:
         closed = wrapper.connection is None or wrapper.closed_in_transaction
-        if closed and getattr(wrapper, _OPEN_ATTR, False):
-            setattr(wrapper, _OPEN_ATTR, False)
-            self.pool.count("closed")
+        record = record_of(wrapper)
+        if closed and record.open:
+            record.open = False
+            self.pool.count(CLOSED)
 
     # -- checkout -----------------------------------------------------------------
 
-    def checkout(self, timeout: float | None, ident: int, work: Work | None = None) -> Any:
+    def checkout(self, work: Work, ident: int) -> Any:
         """A wrapper owned by greenlet ``ident``, checked if it sat idle a while.
 
         Raises :class:`~wsgi_dbpool.errors.DatabaseUnavailable` at once while the
@@ -277,31 +268,31 @@ class AliasPool:
         breaker = self.breaker
         if breaker is not None and breaker.open_until:
             breaker.refuse()
-        wrapper, idle_since = self.pool.acquire(timeout)
+        wrapper, idle_since = self.pool.acquire(work.timeout)
         # Ownership moves to the caller; Django checks it on every use.
         set_owner(wrapper, ident)
-        wrapper._wsgi_dbpool_holder = ident
-        wrapper._wsgi_dbpool_taken = now = time.monotonic()  # _TAKEN, for the hold time
-        wrapper._wsgi_dbpool_ran = False  # session_state.RAN_ATTR
-        if wrapper.connection is not None and (
-            wrapper._wsgi_dbpool_opened_at < self._replace_before  # _OPENED_AT
-            or (wrapper._wsgi_dbpool_expires or now) < now  # _EXPIRES
-        ):
-            self._retire(wrapper)
-        if (
-            idle_since is not None
-            and self.ping_after is not None
-            and wrapper.connection is not None
-            and time.monotonic() - idle_since >= self.ping_after
-        ):
-            self._check_alive(wrapper)
+        record: Record = wrapper._wsgi_dbpool
+        record.holder = ident
+        record.taken = now = time.monotonic()  # for the hold time
+        record.ran = False
+        if wrapper.connection is not None:
+            if record.opened_at < self._replace_before or (record.expires or now) < now:
+                self._retire(wrapper)  # closed: it reconnects on first use, no ping
+            elif idle_since is not None and now - idle_since >= self._ping_every:
+                self._check_alive(wrapper)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
+        if self.max_hold is not None:
+            self.max_hold.watch(wrapper)
         return wrapper
+
+    # hold="request": the alias pool is itself the strategy (``lease.Hold``): a unit of work
+    # takes a carrier when it starts and gives it back when it ends.
+    take = checkout
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""
-        opened_at = getattr(wrapper, _OPENED_AT)
+        opened_at = record_of(wrapper).opened_at
         if opened_at < self._failover_at:
             # Busy during a failover and returned clean: it still points at the old server.
             self._close(wrapper, "opened before the last failover")
@@ -318,7 +309,7 @@ class AliasPool:
         limit = _concurrency.TimeLimit(self.settings.ping_timeout)
         try:
             with limit:
-                alive = is_usable(wrapper)
+                alive = driver_of(wrapper.connection).ping(wrapper)
         except BaseException as exc:  # killed mid-ping: the socket may be mid-protocol
             if limit.fired(exc):
                 self._ping_timed_out(wrapper)
@@ -330,7 +321,7 @@ class AliasPool:
                 self.pool.release(wrapper, reusable=True)
             raise
         if not alive:
-            self.pool.count("stale")
+            self.pool.count(STALE)
             logger.warning(
                 "discarded a stale connection of %r (closed by the server while idle)",
                 self.alias,
@@ -338,7 +329,7 @@ class AliasPool:
             self._close(wrapper, "stale")
 
     def _ping_timed_out(self, wrapper: Wrapper) -> None:
-        self.pool.count("stale")
+        self.pool.count(STALE)
         logger.warning(
             "discarded a stale connection of %r (no answer to a ping within ping_timeout=%ss)",
             self.alias, self.settings.ping_timeout,
@@ -351,7 +342,7 @@ class AliasPool:
 
     # -- return -------------------------------------------------------------------
 
-    def checkin(self, wrapper: Any, broken: bool = False) -> None:
+    def checkin(self, wrapper: Any, broken: bool = False, trouble: Any = UNKNOWN) -> None:
         """Make the wrapper safe for the next holder, then give it back, exactly once.
 
         ``broken``: the holder was interrupted (see :func:`wsgi_dbpool.lease.interrupted`).
@@ -360,15 +351,18 @@ class AliasPool:
         (an interrupt inside the rollback, say) closes the connection; an interrupt
         is then re-raised, for the caller it was meant for.
         """
-        wrapper._wsgi_dbpool_holder = None
+        if self.max_hold is not None and self.max_hold.given_back(wrapper):
+            return  # taken back by max_hold: its slot had its one release then
+        record: Record = wrapper._wsgi_dbpool
+        record.holder = None
         wrapper.rollback_exc = None  # the holder's; a new thread's wrapper has none
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
         if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on
             wrapper.queries_log.clear()
-        action, reason = judge(wrapper, broken, self.reset_session)
-        taken = wrapper._wsgi_dbpool_taken  # _TAKEN
-        if action is KEEP and wrapper._wsgi_dbpool_opened_at >= self._drained_at:
+        action, reason = judge(wrapper, broken, self.reset_session, trouble)
+        taken = record.taken
+        if action is KEEP and record.opened_at >= self._drained_at:
             # the clean path, decided from memory alone
             wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
             set_owner(wrapper, NOBODY)
@@ -381,32 +375,21 @@ class AliasPool:
             set_owner(wrapper, _concurrency.get_ident())  # whoever returns it acts on it
             giving = self._carry_out(wrapper, action, reason)
         except BaseException as exc:
-            giving = self._discard(wrapper, f"{action} failed ({exc!r})")
+            giving = self._discard(wrapper, f"{action.value} failed ({exc!r})")
             if not isinstance(exc, Exception):
                 raise
         finally:
             set_owner(giving, NOBODY)
             self.pool.release(giving, reusable=True, taken=taken)
 
-    def _carry_out(self, wrapper: Wrapper, action: str, reason: str) -> Wrapper:
+    give = checkin  # the strategy's return (hold="request"), as ``take`` is checkout
+
+    def _carry_out(self, wrapper: Wrapper, action: Action, reason: str) -> Wrapper:
         """Do what the verdict said; returns the wrapper to give back (maybe a new one)."""
-        if action is FAIL_OVER:
-            return self._fail_over(wrapper, reason)
-        if action is DRAINED:
-            self._close(wrapper, reason)
-            return self.pool.create_replacement()
-        if action is REPLACE:
-            self._count_discard("dirty", reason)
-            self._close(wrapper, reason)
-            return self.pool.create_replacement()
-        if action is CLOSE:
-            if reason is INTERRUPTED or reason in UNUSABLE:
-                self._count_discard("broken", reason)
-                abandon_unread_result(wrapper.connection)
-            self._close(wrapper, reason)
-            return wrapper
+        if action in _PARTING:
+            return self._part(wrapper, action, reason)
         if action is ROLL_BACK:
-            self.pool.count("dirty")
+            self.pool.count(DIRTY)
             wrapper.rollback()
             wrapper.set_autocommit(wrapper.settings_dict["AUTOCOMMIT"])
             logger.warning("rolled back a transaction on a connection of %r: %s", self.alias, reason)
@@ -423,19 +406,34 @@ class AliasPool:
             self._close(wrapper, reason)
         elif action is RESET:
             if reason is SESSION_CHANGED:  # set by the work, seen at the execute seam
-                self.pool.count("pinned")
+                self.pool.count(PINNED)
             self._reset_session(wrapper)
         wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
         return wrapper
 
+    def _part(self, wrapper: Wrapper, action: Action, reason: str) -> Wrapper:
+        """The verdicts that end the server connection: fail over, drained, replace, close."""
+        if action is FAIL_OVER:
+            return self._fail_over(wrapper, reason)
+        if action is REPLACE:
+            self._count_discard(DIRTY, reason)
+        elif action is CLOSE and (reason is INTERRUPTED or reason in UNUSABLE):
+            self._count_discard(BROKEN, reason)
+            _abandon_unread_result(wrapper)
+        self._close(wrapper, reason)
+        if action is CLOSE:
+            return wrapper
+        return self.pool.create_replacement()  # DRAINED, REPLACE
+
     def _fail_over(self, wrapper: Wrapper, reason: str) -> Wrapper:
         """Close this connection and every idle one of the alias: they all point at the
         server that failed over. Counted and logged once per failover."""
-        setattr(wrapper, failover.FAILOVER_ATTR, None)
-        if getattr(wrapper, _OPENED_AT) >= self._failover_at:  # not seen before
+        record = record_of(wrapper)
+        record.failover = None
+        if record.opened_at >= self._failover_at:  # not seen before
             self._failover_at = time.monotonic()
             self._replace_before = max(self._replace_before, self._failover_at)
-            self.pool.count("failovers")
+            self.pool.count(FAILOVERS)
             closed = self.pool.drain_idle()
             logger.warning(
                 "failover on %r (%s): closed this connection and %d idle one(s); new "
@@ -445,23 +443,24 @@ class AliasPool:
         else:
             logger.debug("closing a connection of %r from before the failover: %s",
                          self.alias, reason)
-        abandon_unread_result(wrapper.connection)
+        _abandon_unread_result(wrapper)
         self._close(wrapper, reason)
         if wrapper.in_atomic_block or wrapper.closed_in_transaction:
             return self.pool.create_replacement()
         return wrapper
 
     def _reset_session(self, wrapper: Wrapper) -> None:
-        setattr(wrapper, session_state.SETUP_ATTR, True)  # the set-up replayed: not the work's
+        record = record_of(wrapper)
+        record.setup = True  # the set-up replayed: not the work's
         try:
             done = reset_session(wrapper)
             if done and self.settings.statement_timeout is not None:
                 self._limit_statements(wrapper)  # the reset put the server's default back
         finally:
-            setattr(wrapper, session_state.SETUP_ATTR, False)
+            record.setup = False
         if done:
             # Clean now (Django's session set-up, replayed by the reset, was watched too).
-            setattr(wrapper, session_state.SESSION_ATTR, None)
+            record.session = None
         else:  # no reset on this backend: a fresh connection is
             self._warn_once(                 # the clean one
                 "no-reset",
@@ -477,7 +476,7 @@ class AliasPool:
         Returns the wrapper to give back: a new one if Django would refuse to use this
         one again (closed inside ``atomic()``).
         """
-        self._count_discard("broken", reason)
+        self._count_discard(BROKEN, reason)
         raw = wrapper.connection
         if raw is not None:
             force_close(raw)
@@ -516,7 +515,7 @@ class AliasPool:
         It is outside the pool and its cap. It is closed when its greenlet ends (not
         left to the garbage collector, which the server counts as an aborted client).
         """
-        self.pool.count("overflow")
+        self.pool.count(OVERFLOW)
         self._warn_once(
             "overflow",
             "a greenlet outside any request opened its own connection to %r, outside the "
@@ -598,7 +597,7 @@ class AliasPool:
         self._drained_at = time.monotonic()
         self._replace_before = max(self._replace_before, self._drained_at)
         closed = self.pool.drain_idle()
-        self.pool.count("drained")
+        self.pool.count(DRAINED_COUNT)
         logger.info(
             "drained %r: closed %d idle connection(s); the ones in use close on return",
             self.alias, closed,
@@ -623,30 +622,25 @@ def _close_overflow(wrapper: Wrapper) -> None:
 
 def connection_label(wrapper: Wrapper) -> str:
     """The server's id for the wrapper's connection, from what the driver already knows."""
+    return drivers.label(wrapper.connection)
+
+
+def _abandon_unread_result(wrapper: Wrapper) -> None:
     raw = wrapper.connection
-    if raw is None:
-        return "(not connected)"
-    thread_id = getattr(raw, "thread_id", None)  # PyMySQL / mysqlclient: CONNECTION_ID()
-    if callable(thread_id):
-        return str(thread_id())
-    pid = getattr(getattr(raw, "info", None), "backend_pid", None)  # psycopg 3
-    if pid is not None:
-        return str(pid)
-    return hex(id(raw))
+    if raw is not None:
+        driver_of(raw).abandon_unread_result(raw)
 
 
 def on_connection_created(sender: object, connection: Any, **kwargs: object) -> None:
     """``connection_created`` receiver: counts what pooled wrappers open, and notices a
     connection a pooled alias opens outside the pool and outside any lease."""
-    owner = connection.__dict__.get(POOL_ATTR)
-    if owner is not None:
-        owner.note_opened(connection)
+    record = record_or_none(connection)
+    if record is not None:
+        record.pool.note_opened(connection)
         return
     ref = _serving.get(connection.alias)
     alias_pool = ref() if ref is not None else None
     if alias_pool is None:
         return
-    from .lease import in_lease
-
     if not in_lease(_concurrency.get_ident()):  # a lease closes its own at its end
         alias_pool.note_overflow(connection)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import _concurrency
+from . import _concurrency, drivers
 from .errors import DatabaseUnavailable
 
 logger = logging.getLogger("wsgi_dbpool")
@@ -39,31 +39,19 @@ FIRST_STEP = 0.5  # seconds from the first failed connect to the first probe
 MAX_STEP = 30.0  # the backoff cap
 JITTER = 0.2  # each step is drawn from [step * (1 - JITTER), step]
 
-# PostgreSQL SQLSTATE 57P03 cannot_connect_now: starting up, shutting down, in recovery.
-POSTGRES_DOWN = frozenset(("57P03",))
-
 
 def unreachable(exc: BaseException) -> str | None:
     """Why a failed connect means the server could not be reached; None if it answered.
 
-    MySQL/MariaDB drivers number their client-side errors 2000-2999 (``CR_*``: cannot
-    connect, unknown host, lost or gone during the handshake); the server's own
-    answers are below 2000. psycopg's network failures carry no SQLSTATE.
+    Each driver judges its own errors (:meth:`wsgi_dbpool.drivers.Driver.unreachable`);
+    an ``OSError`` no driver wrapped means the network.
     """
     for error in (exc, exc.__cause__):
         if error is None:
             continue
-        args = error.args
-        if args and isinstance(args[0], int):
-            if 2000 <= args[0] < 3000:
-                return f"MySQL client error {args[0]}"
-            return None
-        module = type(error).__module__
-        if module.startswith(("psycopg", "psycopg2")):
-            state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-            if state is None:
-                return "no answer from the server"
-            return f"SQLSTATE {state}" if state in POSTGRES_DOWN else None
+        reason = drivers.unreachable(error)
+        if reason is not drivers.UNDECIDED:
+            return reason  # type: ignore[no-any-return]
         if isinstance(error, OSError):
             return type(error).__name__
     return None
@@ -116,7 +104,7 @@ class Breaker:
         self._refuse()
 
     def _refuse(self) -> NoReturn:
-        self._count("unavailable")
+        self._count("unavailable")  # alias_pool.UNAVAILABLE
         raise DatabaseUnavailable(self.alias, max(self.open_until - time.monotonic(), 0.0),
                                   self._cause)
 

@@ -2,7 +2,8 @@
 
 Under ``celery worker -P gevent`` every task greenlet is a Django thread with its own
 connection, the pile-up this library exists to stop. :func:`pool_tasks` wraps each
-task's body in :meth:`PoolingMiddleware.checkout`, so a task takes pooled
+task's body in a checkout of the pool core (:class:`~wsgi_dbpool.core.DjangoPool`, the
+same as under :class:`~wsgi_dbpool.PoolingMiddleware`), so a task takes pooled
 connections when its body starts and gives them back when it ends, whatever ends it.
 
 Where the lease sits, and why: Celery's tracer runs ``task_prerun`` receivers, then the
@@ -25,22 +26,14 @@ Private Celery attributes relied on (checked with Celery 5.7): ``Task._orig_run`
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .core import DjangoPool, Steering
 from .errors import PoolTimeout
-from .holds import HoldWatch
-from .middleware import PoolingMiddleware
-from .pool import Pool
 from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
-
-_KNOBS = frozenset(field.name for field in dataclasses.fields(PoolSettings))
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -48,11 +41,6 @@ logger = logging.getLogger("wsgi_dbpool")
 _WRAPPED_ATTR = "_wsgi_dbpool_task_pool"
 # Set on the Celery app by pool_tasks(), so one app is never pooled twice.
 _APP_ATTR = "_wsgi_dbpool_task_pool"
-
-
-def _no_requests(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    """The WSGI app behind the task pool's middleware: only its ``checkout()`` is used."""
-    raise RuntimeError("the task pool of wsgi_dbpool.celery serves no HTTP requests")
 
 
 class _CutShort(BaseException):
@@ -71,83 +59,51 @@ class _CutShort(BaseException):
         self.exc = exc
 
 
-class TaskPool:
+class TaskPool(Steering):
     """The pool serving one Celery app's tasks in each worker process; see :func:`pool_tasks`.
 
-    ``settings`` is the middleware's own :class:`~wsgi_dbpool.settings.PoolSettings`,
-    checked when :func:`pool_tasks` is called; its knobs read as attributes here too
-    (``pool.size``). :meth:`stats` and :meth:`close` are those of
-    :class:`~wsgi_dbpool.PoolingMiddleware`, for this process.
+    A thin layer over the pool core (:class:`~wsgi_dbpool.core.DjangoPool`), built once
+    Django is set up. ``settings`` are checked when :func:`pool_tasks` is called; the
+    knobs read as attributes here too (``pool.size``). :meth:`stats`, :meth:`close`,
+    :meth:`resize`, :meth:`drain`, :meth:`pause`, :meth:`resume` and :meth:`prewarm` are
+    those of :class:`~wsgi_dbpool.PoolingMiddleware`, for this process.
     """
 
     def __init__(self, app: Any, settings: PoolSettings, aliases: Iterable[str] | None) -> None:
         self.app = app
         self.settings = settings
-        # As given: the middleware checks them against DATABASES once Django is set up.
+        # As given: the core checks them against DATABASES once Django is set up.
         self.aliases = aliases if aliases is None or isinstance(aliases, str) else tuple(aliases)
-        self._middleware: PoolingMiddleware | None = None
-        self._holds: HoldWatch | None = None
+        self._core: DjangoPool | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _KNOBS:
-            return getattr(self.settings, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    def core(self) -> DjangoPool:
+        """The pool core, built once Django is set up: every argument is checked here."""
+        if self._core is None:
+            self._core = DjangoPool(self.settings, self.aliases)
+            self.aliases = self._core.aliases
+        return self._core
 
-    # -- the one place that knows the pool is a PoolingMiddleware --------------------
-
-    def _pool(self) -> PoolingMiddleware:
-        """Build the pool once Django is set up: every argument is checked here."""
-        if self._middleware is None:
-            middleware = PoolingMiddleware(
-                _no_requests, aliases=self.aliases, **dataclasses.asdict(self.settings)
-            )
-            if self.settings.hold_warning is not None:
-                self._holds = HoldWatch(self.settings.hold_warning, middleware.aliases)
-            self._middleware = middleware
-        return self._middleware
-
-    def stats(self) -> dict[str, dict[str, int | float | None]]:
-        """This process's pool, per alias: the keys of :meth:`PoolingMiddleware.stats`."""
-        return self._pool().stats()
-
-    def pools(self) -> dict[str, Pool[Any]]:
-        """The pool mechanism behind each alias (for exporters: Prometheus, OpenTelemetry)."""
-        return self._pool().pools()
-
-    def drain(self, alias: str | None = None) -> None:
-        """:meth:`PoolingMiddleware.drain` for this process's pool."""
-        self._pool().drain(alias)
-
-    def pause(self, alias: str | None = None) -> None:
-        """:meth:`PoolingMiddleware.pause` for this process's pool."""
-        self._pool().pause(alias)
-
-    def resume(self, alias: str | None = None) -> None:
-        """:meth:`PoolingMiddleware.resume` for this process's pool."""
-        self._pool().resume(alias)
+    def _steered(self) -> DjangoPool:
+        return self.core()
 
     def close(self) -> None:
         """Close every idle pooled connection of this process; later tasks still work."""
-        if self._middleware is not None:
-            self._middleware.close()
+        if self._core is not None:
+            self._core.close()
 
     # -- running a task -----------------------------------------------------------
 
     def _run(self, task: Any, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        middleware = self._pool()
-        holds = self._holds
+        core = self.core()
         cut_short: BaseException
         try:
-            with middleware.checkout():
-                # Watched from when the connections are held, not from when it queued.
-                token = holds.start(f"task {task.name}[{task.request.id}]") if holds else None
+            # Watched (hold_warning) from when the connections are held, not from when it
+            # queued: by the lease under hold="request", by the fronts otherwise.
+            with core.checkout(name=f"task {task.name}[{task.request.id}]", watched=True):
                 try:
                     return run(*args, **kwargs)
                 except _interruptions() as exc:
                     raise _CutShort(exc) from None
-                finally:
-                    if holds is not None and token is not None:
-                        holds.finish(token)
         except _CutShort as wrapped:
             cut_short = wrapped.exc
         except PoolTimeout as exc:
@@ -195,7 +151,7 @@ class TaskPool:
     def _on_import_modules(self, sender: Any = None, **kwargs: Any) -> None:
         # After the Django fixup's django.setup(); Celery re-raises what we raise
         # here, so a bad argument stops the worker at start-up.
-        self._pool()
+        self.core()
 
     def _on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if not self._is_ours(sender):
@@ -252,6 +208,7 @@ def pool_tasks(
     fail_fast: bool = True,
     max_waiting: int | None = None,
     statement_timeout: float | None = None,
+    max_hold: float | None = None,
 ) -> TaskPool:
     """Serve every task of the Celery ``app`` with pooled connections, capped per process::
 
@@ -297,11 +254,11 @@ def pool_tasks(
         linger=linger, hold_warning=hold_warning, reset=reset, hold=hold,
         prewarm=prewarm, max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter,
         ping_timeout=ping_timeout, session_state=session_state, fail_fast=fail_fast,
-        max_waiting=max_waiting, statement_timeout=statement_timeout,
+        max_waiting=max_waiting, statement_timeout=statement_timeout, max_hold=max_hold,
     )
     pool = TaskPool(app, settings, aliases)
     if _django_ready():
-        pool._pool()  # check the arguments now
+        pool.core()  # check the arguments now
     pool._connect()
     setattr(app, _APP_ATTR, pool)
     return pool

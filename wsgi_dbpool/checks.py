@@ -57,48 +57,53 @@ class _Inspected(BaseException):
 def problems(aliases: Iterable[str], hold: str) -> list[CheckMessage]:
     """Every rule, for the pooled ``aliases`` of ``settings.DATABASES`` under ``hold``."""
     from django.conf import settings
-    from django.core.checks import Error, Warning
 
     found: list[CheckMessage] = []
     for alias in aliases:
-        if alias not in settings.DATABASES:  # a live middleware's alias since removed
-            continue
-        database: dict[str, Any] = settings.DATABASES[alias]
-        where = f"DATABASES[{alias!r}]"
-        if (database.get("OPTIONS") or {}).get("pool"):
-            found.append(Error(
-                f"{where}['OPTIONS']['pool'] turns on Django's own connection pool, and this "
-                f"alias is pooled by wsgi_dbpool too: the two pools would stack. Remove 'pool' "
-                f"from OPTIONS (wsgi_dbpool's size and max_outstanding replace it), or leave "
-                f"{alias!r} out of PoolingMiddleware(aliases=...)",
-                obj=where, id="wsgi_dbpool.E001",
-            ))
-        if (
-            hold == "transaction"
-            and "postgresql" in database.get("ENGINE", "")
-            and not database.get("DISABLE_SERVER_SIDE_CURSORS")
-        ):
-            found.append(Error(
-                f"hold='transaction' needs {where}['DISABLE_SERVER_SIDE_CURSORS'] = True: a "
-                f"server-side cursor (QuerySet.iterator()) lives on in the session after its "
-                f"statement, and the next fetch could run on another connection. Set it (as "
-                f"behind PgBouncer in transaction mode), or use hold='lazy'",
-                obj=where, id="wsgi_dbpool.E002",
-            ))
-        if database.get("CONN_MAX_AGE", 0) == 0:
-            found.append(Warning(
-                f"{where}['CONN_MAX_AGE'] is 0: Django closes the connection at the end of "
-                f"every request, so the pool cannot reuse it. Set CONN_MAX_AGE to a number of "
-                f"seconds below the server's wait_timeout (e.g. 60), or None for no limit.",
-                obj=where, id="wsgi_dbpool.W001",
-            ))
-        if hold == "transaction" and not database.get("AUTOCOMMIT", True):
-            found.append(Warning(
-                f"hold='transaction' on {alias!r}, whose AUTOCOMMIT is False: every statement "
-                f"opens a transaction Django leaves to you, so a connection is held until you "
-                f"commit or roll back and the request ends, as with hold='lazy'",
-                obj=where, id="wsgi_dbpool.W002",
-            ))
+        if alias in settings.DATABASES:  # else a live middleware's alias since removed
+            found += _alias_problems(alias, settings.DATABASES[alias], hold)
+    return found
+
+
+def _alias_problems(alias: str, database: dict[str, Any], hold: str) -> list[CheckMessage]:
+    from django.core.checks import Error, Warning
+
+    found: list[CheckMessage] = []
+    where = f"DATABASES[{alias!r}]"
+    if (database.get("OPTIONS") or {}).get("pool"):
+        found.append(Error(
+            f"{where}['OPTIONS']['pool'] turns on Django's own connection pool, and this "
+            f"alias is pooled by wsgi_dbpool too: the two pools would stack. Remove 'pool' "
+            f"from OPTIONS (wsgi_dbpool's size and max_outstanding replace it), or leave "
+            f"{alias!r} out of PoolingMiddleware(aliases=...)",
+            obj=where, id="wsgi_dbpool.E001",
+        ))
+    if (
+        hold == "transaction"
+        and "postgresql" in database.get("ENGINE", "")
+        and not database.get("DISABLE_SERVER_SIDE_CURSORS")
+    ):
+        found.append(Error(
+            f"hold='transaction' needs {where}['DISABLE_SERVER_SIDE_CURSORS'] = True: a "
+            f"server-side cursor (QuerySet.iterator()) lives on in the session after its "
+            f"statement, and the next fetch could run on another connection. Set it (as "
+            f"behind PgBouncer in transaction mode), or use hold='lazy'",
+            obj=where, id="wsgi_dbpool.E002",
+        ))
+    if database.get("CONN_MAX_AGE", 0) == 0:
+        found.append(Warning(
+            f"{where}['CONN_MAX_AGE'] is 0: Django closes the connection at the end of "
+            f"every request, so the pool cannot reuse it. Set CONN_MAX_AGE to a number of "
+            f"seconds below the server's wait_timeout (e.g. 60), or None for no limit.",
+            obj=where, id="wsgi_dbpool.W001",
+        ))
+    if hold == "transaction" and not database.get("AUTOCOMMIT", True):
+        found.append(Warning(
+            f"hold='transaction' on {alias!r}, whose AUTOCOMMIT is False: every statement "
+            f"opens a transaction Django leaves to you, so a connection is held until you "
+            f"commit or roll back and the request ends, as with hold='lazy'",
+            obj=where, id="wsgi_dbpool.W002",
+        ))
     return found
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from . import _concurrency
 
 if TYPE_CHECKING:
-    from .middleware import PoolingMiddleware
+    from .core import DjangoPool
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -49,7 +49,7 @@ logger = logging.getLogger("wsgi_dbpool")
 CONTROL_SIGNAL = int(getattr(signal, "SIGRTMIN", 34)) + 6
 COMMANDS = ("drain", "pause", "resume")
 
-_middlewares: weakref.WeakSet[PoolingMiddleware] = weakref.WeakSet()
+_pools: weakref.WeakSet[DjangoPool] = weakref.WeakSet()
 _installed = [-1]  # the fork generation the handler was installed in
 _applied: dict[str, Any] = {}  # what this process applied from the file: drain, paused
 _at_fork = [False]
@@ -60,9 +60,10 @@ def control_path(pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"wsgi_dbpool-{pid}.control"
 
 
-def register(middleware: PoolingMiddleware) -> None:
-    """Called by each middleware when it is built: the handler will steer it."""
-    _middlewares.add(middleware)
+def register(pool: DjangoPool) -> None:
+    """Called by each pool core when it is built (a middleware's, a Celery task pool's):
+    the handler will steer it."""
+    _pools.add(pool)
     if not _at_fork[0] and hasattr(os, "register_at_fork"):
         _at_fork[0] = True
         os.register_at_fork(after_in_child=_after_fork)
@@ -71,7 +72,7 @@ def register(middleware: PoolingMiddleware) -> None:
 def _after_fork() -> None:
     """In a forked child of a process that built a middleware (``--preload``)."""
     _applied.clear()
-    if _middlewares:
+    if _pools:
         install(at_fork=True)
 
 
@@ -128,20 +129,20 @@ def _apply(starting: bool = False) -> None:
     else:
         return
     drain, paused = int(state.get("drain", 0)), bool(state.get("paused", False))
-    middlewares = list(_middlewares)
+    pools = list(_pools)
     if starting:  # a new process: every connection it opens is new; only a pause applies
         _applied["drain"] = drain
     elif drain > _applied.get("drain", 0):
         logger.warning("control file %s: drain", path)
-        for middleware in middlewares:
-            middleware.drain()
+        for pool in pools:
+            pool.drain()
     _applied["drain"] = drain
     if paused != _applied.get("paused", False):
-        for middleware in middlewares:
+        for pool in pools:
             if paused:
-                middleware.pause()
+                pool.pause()
             else:
-                middleware.resume()
+                pool.resume()
     _applied["paused"] = paused
     if not starting:
         ack = path.with_name(f"{path.name}.ack.{os.getpid()}")

@@ -14,62 +14,56 @@ log) belongs to the work, and stays with it across attachments.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from . import _concurrency, _internals
+from . import _concurrency, _internals, drivers
+from .alias_pool import SPAWNED, AliasPool
 from .errors import PoolError
-from .failover import FAILOVER_ATTR
-from .session_state import RAN_ATTR, SESSION_ATTR
-
-if TYPE_CHECKING:
-    from .alias_pool import AliasPool
-    from .holds import HoldWatch
+from .hold_watch import HoldWatch
+from .lease import in_lease
+from .record import Record, record_of
+from .verdict import UNKNOWN
+from .work import Work
 
 logger = logging.getLogger("wsgi_dbpool")
 
-# Attributes on a front wrapper.
-FRONT_ATTR = "_wsgi_dbpool_front"  # the Front that made it
-_CARRIER = "_wsgi_dbpool_carrier"  # the checked-out carrier while attached, else None
-_WORK = "_wsgi_dbpool_work"  # the Work it serves while taken
-_COPIED_FROM = "_wsgi_dbpool_copied_from"  # the carrier whose connect() state it last took
-
 # What may still be going on after a statement, by the driver's account: a transaction
 # (also autocommit switched off by SQL: the next statements are one) or an unread result.
-_KEEP_ATTACHED = frozenset(
-    (_internals.IN_TRANSACTION, _internals.AUTOCOMMIT_CHANGED, _internals.MID_RESULT)
+_STILL_BUSY = frozenset(
+    (drivers.IN_TRANSACTION, drivers.AUTOCOMMIT_CHANGED, drivers.MID_RESULT)
 )
+# keep_attached()'s answer when the front keeps its connection.
+KEEP_ATTACHED: Any = object()
 
 
-class Work:
-    """The unit of work a front serves: where a wait at the cap is reported, and its label."""
-
-    __slots__ = ("environ", "timed_out", "timeout")
-
-    def __init__(self, timeout: float | None, environ: dict[str, Any] | None) -> None:
-        self.timeout = timeout
-        self.environ = environ  # the request's, or None for checkout() and greenlets
-        self.timed_out: PoolError | None = None  # a wait timed out, or the breaker refused
-
-    @property
-    def label(self) -> str:
-        if self.environ is None:
-            return "work outside a request"
-        return f"{self.environ.get('REQUEST_METHOD')} {self.environ.get('PATH_INFO')}"
+def keep_attached(wrapper: Any, record: Record, raw: Any) -> Any:
+    """After a statement (``hold="transaction"``): :data:`KEEP_ATTACHED` while the work is
+    pinned (it changed the session), inside ``atomic()``, with autocommit off, or while the
+    driver reports a transaction or a result still to read; otherwise what the driver
+    reported (None: nothing), which the verdict reuses: one probe per statement."""
+    if record.session is not None or wrapper.in_atomic_block or not wrapper.autocommit:
+        return KEEP_ATTACHED
+    trouble = drivers.driver_trouble(raw, True)
+    return KEEP_ATTACHED if trouble in _STILL_BUSY else trouble
 
 
 class Front:
-    """Makes, lends and takes back the front wrappers of one alias (one per pool)."""
+    """``hold="lazy"``/``"transaction"``: makes, lends and takes back the front wrappers of
+    one alias (one per alias pool); the strategy of :mod:`wsgi_dbpool.hold`."""
 
-    def __init__(self, alias_pool: AliasPool, *, per_transaction: bool) -> None:
+    def __init__(
+        self, alias_pool: AliasPool, *, per_transaction: bool, watch: HoldWatch | None = None
+    ) -> None:
         self.alias_pool = alias_pool
         self.alias = alias_pool.alias
         self.per_transaction = per_transaction
-        self.holds: HoldWatch | None = None
-        self._free: list[Any] = []
-        self._generation = -1
+        self.holds = watch  # holds are attachments, not works
+        self._no_work = Work(alias_pool.settings.timeout)  # for a front that serves none
+        self._free: _concurrency.PerProcess[list[Any]] = _concurrency.PerProcess(list)
         # hold="lazy": the greenlets holding (or waiting for) a connection of this alias,
         # whose spawned greenlets must not wait for one under the same cap.
         self.holding: set[int] = set()
@@ -78,37 +72,38 @@ class Front:
 
     def take(self, work: Work | None, ident: int) -> Any:
         """A detached front wrapper for greenlet ``ident``: no server connection yet."""
-        if self._generation != _concurrency._fork_generation:
-            self._free = []  # inherited: never share a front across processes
-            self._generation = _concurrency._fork_generation
-        wrapper = self._free.pop() if self._free else self._make()
+        per = self._free  # PerProcess.get() inlined: inherited ones are left behind
+        free = per.value if per.generation == _concurrency._fork_generation else per.get()
+        wrapper = free.pop() if free else self._make()
         _internals.set_owner(wrapper, ident)
-        wrapper._wsgi_dbpool_holder = ident
+        record: Record = wrapper._wsgi_dbpool
+        record.holder = ident
+        record.work = work
         wrapper.health_check_done = False  # CONN_HEALTH_CHECKS: once per unit of work
-        setattr(wrapper, _WORK, work)
         return wrapper
 
-    def give_back(self, wrapper: Any, broken: bool = False) -> None:
+    def give(self, wrapper: Any, broken: bool = False) -> None:
         """End of the work: detach (through the verdict), reset, and keep for reuse."""
+        record: Record = wrapper._wsgi_dbpool
         try:
-            if getattr(wrapper, _CARRIER) is not None:
+            if record.carrier is not None:
                 _internals.set_owner(wrapper, _concurrency.get_ident())
                 self.detach(wrapper, broken)
         finally:
-            setattr(wrapper, _WORK, None)
-            wrapper._wsgi_dbpool_holder = None
+            record.work = None
+            record.holder = None
             _internals.set_owner(wrapper, _internals.NOBODY)
             _reset_work_state(wrapper)
-            self._free.append(wrapper)
+            per = self._free
+            free = per.value if per.generation == _concurrency._fork_generation else per.get()
+            free.append(wrapper)
 
     def _make(self) -> Any:
         wrapper = self.alias_pool.new_wrapper()
-        setattr(wrapper, FRONT_ATTR, self)
-        setattr(wrapper, _CARRIER, None)
-        setattr(wrapper, _WORK, None)
+        record_of(wrapper).front = self
         wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
         wrapper.health_check_enabled = wrapper.settings_dict["CONN_HEALTH_CHECKS"]
-        _internals.override_front_methods(wrapper, self)
+        _override_methods(wrapper, self)
         if self.per_transaction:
             # Outermost, so that the failover watch inside it has noted an error on the
             # front before the statement's end detaches (and hands the note on).
@@ -117,15 +112,49 @@ class Front:
 
     # -- attach / detach --------------------------------------------------------------
 
+    def serve_spawned_greenlets(self) -> None:
+        """Give greenlets with no binding a front wrapper of this alias on first use.
+
+        A gevent greenlet spawned by a view that uses the ORM asks Django's connection
+        handler for a wrapper; instead of a connection of its own, outside the cap, it gets
+        a front wrapper, under the cap, given back when the greenlet ends.
+        """
+        _serving[self.alias] = weakref.ref(self)
+        _internals.install_create_connection(_create_connection)
+
     def attach(self, wrapper: Any) -> None:
         """``W.connect()``: borrow the raw connection of a carrier from the pool."""
-        work: Work | None = getattr(wrapper, _WORK)
-        timeout = work.timeout if work is not None else self.alias_pool.settings.timeout
+        record: Record = wrapper._wsgi_dbpool
+        work = record.work
+        carrier = self._connected_carrier(wrapper, work)
+        # What Django's connect() does to a wrapper outside atomic(), for this connection.
+        if wrapper.closed_in_transaction:  # the last one was closed inside atomic()
+            _internals.reset_transaction_state(wrapper)
+        wrapper.connection = carrier.connection
+        wrapper.close_at = carrier.close_at
+        wrapper.autocommit = carrier.autocommit
+        wrapper.needs_rollback = False
+        wrapper.closed_in_transaction = False
+        wrapper.errors_occurred = False
+        wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
+        record.ran = False  # nothing of this work on this connection yet
+        if record.copied_from is not carrier:  # once per pair: it is per alias
+            _internals.copy_connect_state(carrier, wrapper)
+            record.copied_from = carrier
+        record.carrier = carrier
+        carrier._wsgi_dbpool.borrower = wrapper  # for max_hold's fence
+        if self.holds is not None:
+            record.hold_token = self.holds.start(
+                work.label if work is not None else "work outside a request"
+            )
+
+    def _connected_carrier(self, wrapper: Any, work: Work | None) -> Any:
+        """A carrier checked out of the alias pool for the calling greenlet, connected."""
         ident = _concurrency.get_ident()
         if not self.per_transaction:
             self.holding.add(ident)
         try:
-            carrier = self.alias_pool.checkout(timeout, ident)
+            carrier = self.alias_pool.checkout(work or self._no_work, ident)
         except PoolError as exc:
             self.holding.discard(ident)
             if work is not None:
@@ -142,25 +171,7 @@ class Front:
             self.holding.discard(ident)
             self.alias_pool.checkin(carrier, broken=not isinstance(exc, Exception))
             raise
-        # What Django's connect() does to a wrapper outside atomic(), for this connection.
-        if wrapper.closed_in_transaction:  # the last one was closed inside atomic()
-            _internals.reset_transaction_state(wrapper)
-        wrapper.connection = carrier.connection
-        wrapper.close_at = carrier.close_at
-        wrapper.autocommit = carrier.autocommit
-        wrapper.needs_rollback = False
-        wrapper.closed_in_transaction = False
-        wrapper.errors_occurred = False
-        wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
-        setattr(wrapper, RAN_ATTR, False)  # nothing of this work on this connection yet
-        if wrapper.__dict__.get(_COPIED_FROM) is not carrier:  # once per pair: it is per alias
-            _internals.copy_connect_state(carrier, wrapper)
-            setattr(wrapper, _COPIED_FROM, carrier)
-        setattr(wrapper, _CARRIER, carrier)
-        if self.holds is not None:
-            wrapper._wsgi_dbpool_hold = self.holds.start(
-                work.label if work is not None else "work outside a request"
-            )
+        return carrier
 
     @staticmethod
     def _health_check(carrier: Any) -> None:
@@ -180,31 +191,24 @@ class Front:
         driver.owner = cursor
         return cursor
 
-    def detach(self, wrapper: Any, broken: bool = False) -> None:
-        """Give the raw connection back through the pool's return path (the verdict)."""
-        carrier = getattr(wrapper, _CARRIER)
+    def detach(self, wrapper: Any, broken: bool = False, trouble: Any = UNKNOWN) -> None:
+        """Give the raw connection back through the pool's return path (the verdict);
+        ``trouble``: the driver's state, when the caller has just read it."""
+        record: Record = wrapper._wsgi_dbpool
+        carrier = record.carrier
         if carrier is None:
             return
-        setattr(wrapper, _CARRIER, None)
+        record.carrier = None
         if not self.per_transaction:
-            self.holding.discard(wrapper._wsgi_dbpool_holder)
+            self.holding.discard(record.holder)
         if self.holds is not None:
-            self.holds.finish(wrapper.__dict__.pop("_wsgi_dbpool_hold", -1))
+            self.holds.finish(record.hold_token)
+            record.hold_token = -1
         carrier.connection = wrapper.connection
         carrier.close_at = wrapper.close_at
         _internals.keep_server_caches(wrapper, carrier)
-        failover = getattr(wrapper, FAILOVER_ATTR)
-        if failover is not None:  # noted on the front when a statement failed: the
-            setattr(carrier, FAILOVER_ATTR, failover)  # verdict reads it on the carrier
-            setattr(wrapper, FAILOVER_ATTR, None)
-        session = getattr(wrapper, SESSION_ATTR)
-        if session is not None:  # the session changed: the verdict resets it
-            setattr(carrier, SESSION_ATTR, session)
-            setattr(wrapper, SESSION_ATTR, None)
-            if self.per_transaction:  # the work was pinned to this connection
-                work: Work | None = getattr(wrapper, _WORK)
-                where = work.label if work is not None else "work outside a request"
-                self.alias_pool.warn_pinned(where, session)
+        if record.failover is not None or record.session is not None:
+            self._hand_on_notes(record, record_of(carrier))
         if (
             wrapper.in_atomic_block
             or wrapper.errors_occurred
@@ -215,22 +219,38 @@ class Front:
             _internals.copy_transaction_state(wrapper, carrier)
         wrapper.connection = None
         wrapper.errors_occurred = False
-        self.alias_pool.checkin(carrier, broken)
+        carrier._wsgi_dbpool.borrower = None
+        self.alias_pool.checkin(carrier, broken, trouble)
+
+    def _hand_on_notes(self, record: Record, carrier: Record) -> None:
+        """What the execute seam noted on the front, for the verdict, which reads the
+        carrier: a failover error (the statement failed on the front), a changed session."""
+        if record.failover is not None:
+            carrier.failover = record.failover
+            record.failover = None
+        session = record.session
+        if session is not None:  # the session changed: the verdict resets it
+            carrier.session = session
+            record.session = None
+            if self.per_transaction:  # the work was pinned to this connection
+                work = record.work
+                where = work.label if work is not None else "work outside a request"
+                self.alias_pool.warn_pinned(where, session)
 
     def detach_if_idle(self, wrapper: Any) -> None:
         """Detach when no transaction is open and no result is being read (per transaction),
-        and the work did not change the session (then it keeps the connection: pinned)."""
+        and the work did not change the session (then it keeps the connection: pinned).
+        The driver is read once: the verdict gets what was read (see :func:`keep_attached`)."""
+        record: Record = wrapper._wsgi_dbpool
         raw = wrapper.connection
-        if (
-            raw is None
-            or wrapper._wsgi_dbpool_session is not None  # SESSION_ATTR
-            or wrapper.in_atomic_block
-            or not wrapper.autocommit
-            or getattr(wrapper, _CARRIER) is None
-            or _internals.driver_trouble(raw, True) in _KEEP_ATTACHED
-        ):
+        if raw is None or record.carrier is None:
             return
-        self.detach(wrapper)
+        trouble = keep_attached(wrapper, record, raw)
+        if trouble is KEEP_ATTACHED:
+            return
+        if wrapper.settings_dict["AUTOCOMMIT"] is not True:  # read for autocommit: not this
+            trouble = UNKNOWN  # alias's setting, so the verdict reads the driver itself
+        self.detach(wrapper, False, trouble)
 
     def _around_statement(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
@@ -311,6 +331,66 @@ class DetachedCursor:
         return getattr(real, name)
 
 
+def _override_methods(wrapper: Any, front: Front) -> None:
+    """Attach on ``connect()``, detach at the end of ``atomic()`` and on ``close()``; with
+    ``hold="transaction"`` a cursor made while detached attaches at its first statement."""
+    cls = type(wrapper)
+
+    def connect() -> None:
+        front.attach(wrapper)
+
+    def get_autocommit() -> bool:
+        if wrapper.connection is None:  # detached: the next attachment restores this
+            if wrapper.closed_in_transaction and not wrapper.in_atomic_block:
+                # Closed inside atomic(), whose end has passed: Django's own answer
+                # connects, and connect() starts afresh. So does the next attachment.
+                _internals.reset_transaction_state(wrapper)
+                wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
+            return bool(wrapper.autocommit)
+        return bool(cls.get_autocommit(wrapper))
+
+    def set_autocommit(
+        autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
+    ) -> None:
+        cls.set_autocommit(wrapper, autocommit, force_begin_transaction_with_broken_autocommit)
+        if autocommit and front.per_transaction:
+            front.detach_if_idle(wrapper)  # the end of the outermost atomic(), on_commit run
+
+    def close() -> None:
+        try:
+            cls.close(wrapper)
+        finally:
+            front.detach(wrapper)  # the raw connection is closed: give the slot back
+
+    @contextlib.contextmanager
+    def temporary_connection() -> Iterator[Any]:
+        # Django's closes a connection it opened for the occasion; a front borrowed one:
+        # closing it would cost the pool a reconnect. Under hold="transaction" it is
+        # given back as after any statement; under "lazy" the work holds it as usual.
+        detached = wrapper.connection is None
+        try:
+            wrapper.ensure_connection()
+            with wrapper.cursor() as cursor:
+                yield cursor
+        finally:
+            if detached and front.per_transaction:
+                front.detach_if_idle(wrapper)
+
+    wrapper.connect = connect
+    wrapper.get_autocommit = get_autocommit
+    wrapper.set_autocommit = set_autocommit
+    wrapper.close = close
+    wrapper.temporary_connection = temporary_connection
+    if front.per_transaction:
+
+        def _cursor(name: str | None = None) -> Any:
+            if name is None and wrapper.connection is None:
+                return front.detached_cursor(wrapper)
+            return cls._cursor(wrapper, name)
+
+        wrapper._cursor = _cursor
+
+
 def _reset_work_state(wrapper: Any) -> None:
     """What the next work must not inherit from this one (the verdict closed what it had)."""
     if (
@@ -332,33 +412,21 @@ def _reset_work_state(wrapper: Any) -> None:
 
 # -- greenlets spawned by a view ------------------------------------------------------------
 
+# The front serving each alias's spawned greenlets in this process.
 _serving: dict[str, weakref.ref[Front]] = {}
-
-
-def serve_spawned_greenlets(front: Front) -> None:
-    """Give greenlets with no binding a front wrapper of ``front``'s alias on first use.
-
-    A gevent greenlet spawned by a view that uses the ORM asks Django's connection handler
-    for a wrapper; instead of a connection of its own, outside the cap, it gets a front
-    wrapper, under the cap, given back when the greenlet ends.
-    """
-    _serving[front.alias] = weakref.ref(front)
-    _internals.install_create_connection(_create_connection)
 
 
 def _create_connection(alias: str) -> Any:
     ref = _serving.get(alias)
     front = ref() if ref is not None else None
     if front is not None:
-        from .lease import in_lease
-
         ident = _concurrency.get_ident()
         if not in_lease(ident) and not _would_wait_for_its_spawner(front):
             wrapper = front.take(Work(front.alias_pool.settings.timeout, None), ident)
-            if _concurrency.at_greenlet_exit(lambda: front.give_back(wrapper)):
-                front.alias_pool.pool.count("spawned")
+            if _concurrency.at_greenlet_exit(lambda: front.give(wrapper)):
+                front.alias_pool.pool.count(SPAWNED)
                 return wrapper
-            front.give_back(wrapper)  # not a greenlet we can watch: Django's own
+            front.give(wrapper)  # not a greenlet we can watch: Django's own
     return _internals.django_create_connection(alias)
 
 

@@ -10,23 +10,36 @@ from __future__ import annotations
 
 import _thread
 import logging
+import sys
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import _internals
-from .alias_pool import POOL_ATTR
-
-if TYPE_CHECKING:
-    from .alias_pool import AliasPool
-    from .front import Work
+from .hold_watch import HoldWatch
+from .record import RECORD_ATTR
+from .work import Work
 
 logger = logging.getLogger("wsgi_dbpool")
 
 UNBOUND: Any = object()
 
+
 # Greenlets (or threads) inside a lease, by ident: how many leases each is inside.
 # A connection a pooled alias opens elsewhere is outside the pool (see AliasPool).
 _leased: dict[int, int] = {}
+
+
+class Hold(Protocol):
+    """How a unit of work holds one alias's connections (see :mod:`wsgi_dbpool.hold`)."""
+
+    alias: str
+
+    def take(self, work: Work, ident: int) -> Any:
+        """A wrapper for greenlet ``ident`` to bind for ``work``."""
+
+    def give(self, wrapper: Any, broken: bool = False) -> None:
+        """Take back what :meth:`take` gave, exactly once."""
 
 
 def in_lease(ident: int) -> bool:
@@ -79,9 +92,6 @@ def _repair_pre_patch_local(local: Any, storage: Any) -> Any:
     for one request would bind it for all. When we see that, we give ``connections``
     a fresh, patched local (nothing useful is lost: the master serves no requests).
     """
-    import sys
-    import threading
-
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is None or not gevent_monkey.is_module_patched("threading"):
         return storage
@@ -106,8 +116,8 @@ def _bound(storage: Any, alias: str) -> Any:
     """
     bound = getattr(storage, alias, UNBOUND)
     if bound is not UNBOUND:
-        state = bound.__dict__
-        if POOL_ATTR in state and state["_wsgi_dbpool_holder"] != _thread.get_ident():
+        record = bound.__dict__.get(RECORD_ATTR)
+        if record is not None and record.holder != _thread.get_ident():
             delattr(storage, alias)
             return UNBOUND
     return bound
@@ -132,17 +142,19 @@ class Lease:
     call time, so it is gevent's once patched: one id per greenlet).
     """
 
-    __slots__ = ("_entries", "_ident", "_released", "_storage", "_unpooled")
+    __slots__ = ("_entries", "_ident", "_released", "_storage", "_token", "_unpooled", "_watch")
 
     def __init__(
         self,
-        pools: Sequence[AliasPool],
+        holds: Sequence[Hold],
         storage: Any,
-        timeout: float | None,
+        work: Work,
         unpooled: Sequence[str] = (),
-        work: Work | None = None,
+        watch: HoldWatch | None = None,
     ) -> None:
-        self._entries: list[tuple[AliasPool, Any, Any]] = []
+        self._entries: list[tuple[Hold, Any, Any]] = []
+        self._watch = watch
+        self._token = -1
         self._storage = storage
         self._released = False
         self._ident = ident = _thread.get_ident()
@@ -153,17 +165,19 @@ class Lease:
             [a for a in unpooled if _bound(storage, a) is UNBOUND] if unpooled else None
         )
         try:
-            for alias_pool in pools:
-                alias = alias_pool.alias
+            for hold in holds:
+                alias = hold.alias
                 previous = _bound(storage, alias)
-                if previous is not UNBOUND and previous.__dict__.get("_wsgi_dbpool_holder") == ident:
+                if previous is not UNBOUND and _holder(previous) == ident:
                     continue  # already leased to this greenlet: reuse, don't nest
-                wrapper = alias_pool.take(timeout, ident, work)
-                self._entries.append((alias_pool, wrapper, previous))
+                wrapper = hold.take(work, ident)
+                self._entries.append((hold, wrapper, previous))
                 setattr(storage, alias, wrapper)
         except BaseException as exc:
             self.release(broken=interrupted(exc))
             raise
+        if watch is not None:  # watched from when the connections are held
+            self._token = watch.start(work.label)
 
     def release(self, broken: bool = False) -> None:
         """Unbind and return every wrapper; later calls do nothing.
@@ -174,19 +188,32 @@ class Lease:
         if self._released:
             return
         self._released = True
+        if self._watch is not None:
+            self._watch.finish(self._token)
         ident = self._ident
         depth = _leased.pop(ident, 1) - 1
         if depth:
             _leased[ident] = depth
+        error = self._give_back(broken)
+        if self._unpooled and ident == _thread.get_ident():
+            try:
+                _close_unpooled(self._storage, self._unpooled)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _give_back(self, broken: bool) -> BaseException | None:
+        """Unbind and give back every wrapper, the last taken first; the first error."""
         storage = self._storage
         error: BaseException | None = None
-        for alias_pool, wrapper, previous in reversed(self._entries):
+        for hold, wrapper, previous in reversed(self._entries):
             try:
-                alias = alias_pool.alias
                 # Only undo our own binding: close() may come from another greenlet
                 # (a server that closes elsewhere, or a dropped response). Then the
                 # binding left in the holder's greenlet is forgotten the next time it
                 # enters a lease, and Django refuses it until then (nobody owns it).
+                alias = hold.alias
                 if getattr(storage, alias, UNBOUND) is wrapper:
                     if previous is UNBOUND:
                         delattr(storage, alias)
@@ -194,17 +221,16 @@ class Lease:
                         setattr(storage, alias, previous)
             finally:
                 try:
-                    alias_pool.give(wrapper, broken)
+                    hold.give(wrapper, broken)
                 except BaseException as exc:  # keep returning the other aliases first
                     error = error or exc
         self._entries.clear()
-        if self._unpooled and ident == _thread.get_ident():
-            try:
-                _close_unpooled(storage, self._unpooled)
-            except BaseException as exc:
-                error = error or exc
-        if error is not None:
-            raise error
+        return error
+
+
+def _holder(wrapper: Any) -> int | None:
+    record = wrapper.__dict__.get(RECORD_ATTR)
+    return None if record is None else record.holder
 
 
 def _close_unpooled(storage: Any, aliases: Sequence[str]) -> None:

@@ -39,19 +39,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _concurrency, _internals
+from . import _concurrency, _internals, drivers
 from .errors import MaxHoldExceeded
-from .front import _CARRIER, _WORK
-from .session_state import SETUP_ATTR
+from .record import Record, record_of
 
 if TYPE_CHECKING:
     from .alias_pool import AliasPool
 
 logger = logging.getLogger("wsgi_dbpool")
 
-REVOKED_ATTR = "_wsgi_dbpool_revoked"  # on a revoked carrier: its Revocation
-TAKEN_BACK = "taken_back"  # the stats() key: connections taken back
-_OPEN_ATTR = "_wsgi_dbpool_open"  # alias_pool's: a server connection is open on the carrier
+TAKEN_BACK = "taken_back"  # the stats() key (alias_pool.TAKEN_BACK): connections taken back
 
 # Seconds the short-lived connection that ends a session may take, connect and statement.
 END_SESSION_TIMEOUT = 5.0
@@ -60,13 +57,12 @@ _BUSY_RETRY = 0.05
 
 
 class _Held:
-    """A carrier checked out, when, and the front wrapper that borrowed it (if any)."""
+    """A carrier checked out, and when."""
 
-    __slots__ = ("carrier", "front", "taken")
+    __slots__ = ("carrier", "taken")
 
-    def __init__(self, carrier: Any, front: Any, taken: float) -> None:
+    def __init__(self, carrier: Any, taken: float) -> None:
         self.carrier = carrier
-        self.front = front
         self.taken = taken
 
 
@@ -115,10 +111,27 @@ class Revoked:
         raise self._error()
 
 
-# The verdict's probes never see a Revoked (its return is short-circuited), but a front's
-# per-statement detach does: "in a transaction" keeps the front on the revoked carrier,
-# refused, until the work ends, so that no later statement of the work reaches a server.
-_internals._PROBES[Revoked] = lambda raw, autocommit: _internals.IN_TRANSACTION
+class _RevokedDriver(drivers.Driver):
+    """The adapter for a :class:`Revoked` stand-in (registered by its type: it must never
+    be asked the other adapters' questions, which it would answer with the error). The
+    verdict never sees one (its return is short-circuited), but a front's per-statement
+    detach does: "in a transaction" keeps the front on the revoked carrier, refused, until
+    the work ends, so that no later statement of the work reaches a server."""
+
+    name = "revoked"
+
+    @staticmethod
+    def recognises(raw: Any) -> bool:
+        return isinstance(raw, Revoked)
+
+    def trouble(self, raw: Any, autocommit: bool) -> str | None:
+        return drivers.IN_TRANSACTION
+
+    def force_close(self, raw: Any) -> None:
+        """Nothing to close: the holder's socket is closed from the Revocation."""
+
+
+drivers._BY_TYPE[Revoked] = _RevokedDriver()
 
 _ERROR_CLASSES: dict[Any, type[MaxHoldExceeded]] = {}
 
@@ -140,8 +153,9 @@ def _error_class(database: Any) -> type[MaxHoldExceeded]:
 class MaxHold:
     """Watches one alias's checked-out carriers and takes back those held past ``limit``.
 
-    Installed over the alias pool's ``checkout``/``checkin`` (and the front's ``attach``)
-    as instance attributes, so that a pool without ``max_hold`` pays nothing.
+    Owned by the alias pool when ``max_hold`` is set: its ``checkout()`` calls
+    :meth:`watch`, its ``checkin()`` asks :meth:`given_back` first. A front's carrier goes
+    through both per attachment; the front it is lent to is its record's ``borrower``.
     """
 
     def __init__(self, alias_pool: AliasPool, limit: float) -> None:
@@ -152,52 +166,39 @@ class MaxHold:
         self._held: dict[int, _Held] = {}
         self._generation = -1
         self._scanning = False  # a timer will scan: set and cleared under the lock
-        self._checkin = alias_pool.checkin
-        alias_pool.checkin = self.checkin  # type: ignore[method-assign]
-        front = alias_pool.front
-        if front is None:  # hold="request": the carrier is the work's for its whole length
-            self._checkout = alias_pool.checkout
-            alias_pool.checkout = self.checkout  # type: ignore[method-assign]
-            alias_pool.take = self.checkout
-            alias_pool.give = self.checkin
-        else:  # a front borrows a carrier per attachment: watched once attached
-            self._attach = front.attach
-            front.attach = self.attach  # type: ignore[method-assign]
 
     # -- the watch ----------------------------------------------------------------------
 
-    def checkout(self, timeout: float | None, ident: int, work: Any = None) -> Any:
-        carrier = self._checkout(timeout, ident, work)
-        held = _Held(carrier, None, carrier._wsgi_dbpool_taken)
-        with self._lock:  # _watch() inlined: this is the per-request path
+    def watch(self, carrier: Any) -> None:
+        """``AliasPool.checkout()``: ``carrier`` was just taken (its record's ``taken``)."""
+        record: Record = carrier._wsgi_dbpool
+        held = _Held(carrier, record.taken)
+        with self._lock:  # the common case inlined: this is the per-checkout path
             if self._generation == _concurrency._fork_generation and self._scanning:
                 self._held[id(carrier)] = held
-                return carrier
-        self._watch(carrier, None)
-        return carrier
+                return
+        self._watch(held)
 
-    def attach(self, wrapper: Any) -> None:
-        self._attach(wrapper)
-        self._watch(getattr(wrapper, _CARRIER), wrapper)
-
-    def checkin(self, wrapper: Any, broken: bool = False) -> None:
+    def given_back(self, carrier: Any) -> bool:
+        """``AliasPool.checkin()`` asks first: True if ``carrier`` was taken back (then
+        this closes what its holder still held, and the check-in must do nothing more)."""
+        record: Record = carrier._wsgi_dbpool
         with self._lock:  # the claim and the fence happen under it too: one or the other
-            self._held.pop(id(wrapper), None)
-            revocation = wrapper.__dict__.get(REVOKED_ATTR)
+            self._held.pop(id(carrier), None)
+            revocation = record.revoked
         if revocation is None:
-            self._checkin(wrapper, broken)
-        else:
-            self._given_back(wrapper, revocation)
+            return False
+        self._given_back(carrier, record, revocation)
+        return True
 
-    def _watch(self, carrier: Any, front: Any) -> None:
-        held = _Held(carrier, front, carrier._wsgi_dbpool_taken)
+    def _watch(self, held: _Held) -> None:
         with self._lock:
             if self._generation != _concurrency._fork_generation:
                 # Inherited through fork: the parent's holds are not this process's.
                 self._held = {}
                 self._scanning = False
                 self._generation = _concurrency._fork_generation
-            self._held[id(carrier)] = held
+            self._held[id(held.carrier)] = held
             start = not self._scanning
             self._scanning = True
         if start:
@@ -212,7 +213,7 @@ class MaxHold:
                 at = held.taken + self.limit
                 if at > now:
                     next_at = at if next_at is None else min(next_at, at)
-                elif held.carrier.__dict__.get(SETUP_ATTR):  # connecting: its socket is
+                elif record_of(held.carrier).setup:  # connecting: its socket is
                     next_at = now + _BUSY_RETRY  # not on the wrapper yet; look again soon
                 else:
                     # Claimed and fenced under the lock (attribute writes, no I/O): a holder
@@ -235,7 +236,9 @@ class MaxHold:
 
     def _fence(self, held: _Held, now: float) -> Revocation:
         """Make the carrier (and the front that borrowed it) unusable; attribute writes only."""
-        carrier, front = held.carrier, held.front
+        carrier = held.carrier
+        record = record_of(carrier)
+        front = record.borrower  # the front wrapper it is lent to, if any
         raw = carrier.connection
         error_class = _error_class(carrier.Database)
         alias, limit, seconds = self.alias, self.limit, now - held.taken
@@ -259,29 +262,30 @@ class MaxHold:
             if front.connection is raw:
                 front.connection = stand_in
             front.execute_wrappers.insert(0, revocation.refuse_statement)
-        carrier.__dict__[REVOKED_ATTR] = revocation
+        record.revoked = revocation
         return revocation
 
     def _take_back(self, held: _Held, revocation: Revocation) -> None:
         """End the fenced carrier's server session, then free its slot, exactly once."""
-        carrier, front = held.carrier, held.front
+        carrier, front = held.carrier, revocation.front
+        record = record_of(carrier)
         pool = self.alias_pool.pool
         pool.count(TAKEN_BACK)
-        work = getattr(front, _WORK, None) if front is not None else None
+        work = record_of(front).work if front is not None else None
         logger.warning(
             "max_hold=%ss: took back the connection of %r (server session %s) held %.1fs by %s; "
             "ending its session on the server (its transaction rolls back) and giving the slot "
             "to the next request. Its next statement fails with MaxHoldExceeded",
             self.limit, self.alias, revocation.server_id, revocation.seconds,
-            work.label if work is not None else f"greenlet {carrier._wsgi_dbpool_holder}",
+            work.label if work is not None else f"greenlet {record.holder}",
         )
         try:
             self._end_session(carrier, revocation.raw, revocation.server_id)
         except Exception:
             logger.exception("max_hold: ending a session of %r failed", self.alias)
         finally:
-            if carrier.__dict__.get(_OPEN_ATTR):  # the server session is gone: counted closed
-                setattr(carrier, _OPEN_ATTR, False)
+            if record.open:  # the server session is gone: counted closed
+                record.open = False
                 pool.count("closed")
             pool.revoke(held.taken)  # the slot's one release: the oldest waiter is served
 
@@ -346,9 +350,10 @@ class MaxHold:
             admin.close()
         return confirmed
 
-    def _given_back(self, carrier: Any, revocation: Revocation) -> None:
+    def _given_back(self, carrier: Any, record: Record, revocation: Revocation) -> None:
         """The holder's return of a revoked carrier: close what it held, nothing more."""
-        carrier._wsgi_dbpool_holder = None
+        record.holder = None
+        record.borrower = None
         _internals.set_owner(carrier, _internals.NOBODY)
         raw, revocation.raw = revocation.raw, None
         front = revocation.front
@@ -358,8 +363,11 @@ class MaxHold:
             except ValueError:
                 pass
         if raw is not None:
-            _internals.abandon_unread_result(raw)
-            _internals.force_close(raw)  # the server ended the session: nothing to say
+            try:
+                drivers.driver_of(raw).abandon_unread_result(raw)
+            except Exception as exc:  # its socket was shut down under it
+                logger.debug("forgetting an unread result failed: %r", exc)
+            drivers.force_close(raw)  # the server ended the session: nothing to say
 
 
 def _socket(raw: Any) -> socket.socket | None:

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 # Imported here, not on the 503 path: a WebOb that cannot load (Python 3.13 removed the
 # cgi module that WebOb <= 1.8.8 needs) must fail at start-up, not when the pool is full.
 from webob.exc import HTTPServiceUnavailable
 
-from . import _concurrency, alias_pool, checks, control, quiet
-from . import front as front_module
-from .alias_pool import AliasPool
+from . import quiet
 from .breaker import retry_after_header
+from .core import DjangoPool, Steering
 from .errors import DatabaseUnavailable, PoolError, PoolTimeout
-from .front import Work
-from .holds import HoldWatch
-from .lease import ConnectionSlots, Lease, interrupted
-from .pool import Pool
+from .lease import Lease, interrupted
 from .response import ClosingIterable, hook_file_wrapper
-from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode, check_seconds
+from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
+from .work import Work
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -33,7 +29,7 @@ logger = logging.getLogger("wsgi_dbpool")
 ENVIRON_KEY = "wsgi_dbpool.middleware"
 
 
-class PoolingMiddleware:
+class PoolingMiddleware(Steering):
     """Serve each request with database connections from a pool shared by the process.
 
     Django keeps one connection per thread, and under gevent every greenlet is a
@@ -117,6 +113,8 @@ class PoolingMiddleware:
     Steering a running pool, per alias, from this process: :meth:`resize`,
     :meth:`drain` (replace every connection, e.g. after rotating credentials),
     :meth:`pause` and :meth:`resume`.
+
+    WSGI only: the pool itself is :attr:`core` (:class:`~wsgi_dbpool.core.DjangoPool`).
     """
 
     def __init__(
@@ -152,7 +150,7 @@ class PoolingMiddleware:
             raise TypeError(
                 f"skip must be a callable taking the WSGI environ, got {type(skip).__name__}"
             )
-        self.settings = settings = PoolSettings(
+        self.settings = PoolSettings(
             size=size, max_outstanding=max_outstanding, timeout=timeout, ping_after=ping_after,
             linger=linger, hold_warning=hold_warning, reset=reset, hold=hold, prewarm=prewarm,
             max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter, ping_timeout=ping_timeout,
@@ -162,55 +160,11 @@ class PoolingMiddleware:
         )
         self.app = app
         self.skip = skip
-        self.aliases, unpooled = _resolve_aliases(aliases)
-        # The rules manage.py check reports too (wsgi_dbpool/checks.py): errors raise here.
-        checks.refuse_or_warn(self, self.aliases, hold)
-        self._holds = HoldWatch(hold_warning, self.aliases) if hold_warning else None
-        self._unpooled = tuple(unpooled)
-        self._every_alias = (*self.aliases, *self._unpooled)
-        self._pools = [AliasPool(alias, settings) for alias in self.aliases]
-        self._storage: Any = None
-        self._storage_generation = -1
-        self._prewarmed_generation = -1
+        self.core = core = DjangoPool(self.settings, aliases)
+        self.aliases = core.aliases
         self._unavailable_log = quiet.UnavailableLog()
-        if hold != "request":
+        if core.fronts:
             quiet.drop_answered_503s()
-            for pool in self._pools:
-                assert pool.front is not None
-                pool.front.holds = self._holds  # holds are attachments, not requests
-                front_module.serve_spawned_greenlets(pool.front)
-
-        control.register(self)  # control: python -m wsgi_dbpool drain|pause|resume steers it
-        from django.db.backends.signals import connection_created
-
-        connection_created.connect(
-            alias_pool.on_connection_created, dispatch_uid="wsgi_dbpool.on_connection_created"
-        )
-        logger.info(
-            "pooling %s: size=%d max_outstanding=%s timeout=%s ping_after=%s linger=%s reset=%s "
-            "hold=%s session_state=%s",
-            ", ".join(repr(a) for a in self.aliases), size, max_outstanding, timeout, ping_after,
-            linger, reset, hold, session_state,
-        )
-
-    # The settings, read-only, as attributes of the middleware too.
-    size = property(lambda self: self.settings.size)
-    max_outstanding = property(lambda self: self.settings.max_outstanding)
-    timeout = property(lambda self: self.settings.timeout)
-    ping_after = property(lambda self: self.settings.ping_after)
-    linger = property(lambda self: self.settings.linger)
-    hold_warning = property(lambda self: self.settings.hold_warning)
-    reset = property(lambda self: self.settings.reset)
-    hold = property(lambda self: self.settings.hold)
-    prewarm_count = property(lambda self: self.settings.prewarm)
-    max_lifetime = property(lambda self: self.settings.max_lifetime)
-    lifetime_jitter = property(lambda self: self.settings.lifetime_jitter)
-    ping_timeout = property(lambda self: self.settings.ping_timeout)
-    session_state = property(lambda self: self.settings.session_state)
-    fail_fast = property(lambda self: self.settings.fail_fast)
-    max_waiting = property(lambda self: self.settings.max_waiting)
-    statement_timeout = property(lambda self: self.settings.statement_timeout)
-    max_hold = property(lambda self: self.settings.max_hold)
 
     # -- WSGI ---------------------------------------------------------------------
 
@@ -218,75 +172,36 @@ class PoolingMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         environ[ENVIRON_KEY] = self
-        if self.skip is not None and self.skip(environ):
-            return self._serve_skipped(environ, start_response)
-        if self.settings.hold != "request":
-            return self._serve_with_fronts(environ, start_response)
-        try:
-            if self._storage_generation != _concurrency._fork_generation:
-                self._connection_storage()
-            lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled)
-        except PoolError as exc:
-            timed_out = exc
-        else:
-            release: Callable[[bool], None] = lease.release
-            if self._holds is not None:
-                release = _watched(self._holds, lease, environ)
-            try:
-                result = self.app(environ, start_response)
-            except BaseException as exc:
-                release(interrupted(exc))
-                raise
-            file_wrapper = environ.get("wsgi.file_wrapper")
-            if (
-                file_wrapper is not None
-                and isinstance(file_wrapper, type)
-                and isinstance(result, file_wrapper)
-                and hook_file_wrapper(result, release)
-            ):
-                return result
-            return ClosingIterable(result, release)
-        return self._unavailable(timed_out, environ, start_response)
-
-    def _serve_with_fronts(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """``hold="lazy"``/``"transaction"``: bind front wrappers; they take connections
-        when the work first needs them. A wait at the cap that times out inside the app
-        becomes a 503 if the response has not started (Django would have made it a 500,
-        and logged it: ``quiet.DropAnswered503`` drops that record)."""
-        if self._storage_generation != _concurrency._fork_generation:
-            self._connection_storage()
         work = environ[quiet.WORK_KEY] = Work(self.settings.timeout, environ)
-        lease = Lease(self._pools, self._storage, self.settings.timeout, self._unpooled, work)
-        unavailable: list[Iterable[bytes]] = []
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            # A 500 after a wait at the cap timed out, or the breaker refused: the PoolError
-            # escaped the view. (A view that caught it and answered on its own is left alone.)
-            if work.timed_out is not None and status[:3] == "500" and not unavailable:
-                unavailable.append(self._unavailable(work.timed_out, environ, start_response))
-                return lambda data: None
-            return start_response(status, headers, exc_info)
-
+        skipped = self.skip is not None and self.skip(environ)
         try:
-            result = self.app(environ, start)
+            lease = self.core.lease_nothing(work) if skipped else self.core.lease(work)
         except PoolError as exc:
-            lease.release()
-            if unavailable:
-                raise
             return self._unavailable(exc, environ, start_response)
+        # With fronts, the app's first query may wait at the cap: see _Answer503.
+        answer = _Answer503(self, work, environ, start_response) if self.core.fronts else None
+        try:
+            result = self.app(environ, start_response if answer is None else answer)
         except BaseException as exc:
             lease.release(interrupted(exc))
-            raise
-        if unavailable:
+            if skipped or answer is None or not answer.replaces(exc):
+                raise
+            return self._unavailable(exc, environ, start_response)
+        return self._respond(result, lease, environ, answer)
+
+    def _respond(
+        self, result: Iterable[bytes], lease: Lease, environ: WSGIEnvironment,
+        answer: _Answer503 | None,
+    ) -> Iterable[bytes]:
+        """The response tail: the lease is released when the server closes the response."""
+        if answer is not None and answer.body is not None:
             close = getattr(result, "close", None)
             try:
                 if close is not None:
                     close()  # Django's 500, replaced: its request_finished must still run
             finally:
                 lease.release()
-            return unavailable[0]
+            return answer.body
         file_wrapper = environ.get("wsgi.file_wrapper")
         if (
             file_wrapper is not None
@@ -295,19 +210,6 @@ class PoolingMiddleware:
             and hook_file_wrapper(result, lease.release)
         ):
             return result
-        return ClosingIterable(result, lease.release)
-
-    def _serve_skipped(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """No checkout; but a connection the request opens anyway is closed at its end,
-        or it would linger in the greenlet (the leak this library exists to stop)."""
-        lease = Lease((), self._connection_storage(), None, self._every_alias)
-        try:
-            result = self.app(environ, start_response)
-        except BaseException:
-            lease.release()
-            raise
         return ClosingIterable(result, lease.release)
 
     def _unavailable(
@@ -332,10 +234,11 @@ class PoolingMiddleware:
         )
         return response(environ, start_response)  # type: ignore[no-any-return]
 
-    # -- outside requests ---------------------------------------------------------
+    # -- outside requests: the core's -----------------------------------------------
 
-    @contextlib.contextmanager
-    def checkout(self, timeout: float | EllipsisType | None = ...) -> Iterator[None]:
+    def checkout(
+        self, timeout: float | EllipsisType | None = ...
+    ) -> AbstractContextManager[None]:
         """Bind pooled connections in the calling greenlet for the ``with`` block.
 
         For work outside a request: a greenlet spawned by a view, a job. Inside a
@@ -343,193 +246,42 @@ class PoolingMiddleware:
         Raises :class:`PoolTimeout` when none can be had within ``timeout``
         (default: the middleware's).
         """
-        wait = self.settings.timeout if timeout is ... else timeout
-        check_seconds("timeout", wait)
-        work = Work(wait, None) if self.settings.hold != "request" else None
-        lease = Lease(self._pools, self._connection_storage(), wait, self._unpooled, work)
-        try:
-            yield
-        except BaseException as exc:
-            lease.release(broken=interrupted(exc))
-            raise
-        else:
-            lease.release()
+        return self.core.checkout(timeout)
 
-    def pools(self) -> dict[str, Pool[Any]]:
-        """The pool mechanism behind each alias (for exporters such as Prometheus)."""
-        return {p.alias: p.pool for p in self._pools}
+    def _steered(self) -> DjangoPool:
+        return self.core
 
-    def prewarm(self) -> None:
-        """Start opening ``prewarm`` connections per alias in the background, once per
-        process; returns at once. Done anyway at the first request; call it earlier
-        from gunicorn's ``post_worker_init`` (the worker, never the master)."""
-        generation = _concurrency.fork_generation()
-        if self.settings.prewarm == 0 or self._prewarmed_generation == generation:
-            return
-        self._prewarmed_generation = generation
-        for pool in self._pools:
-            _concurrency.call_later(0.0, functools.partial(pool.prewarm, self.settings.prewarm))
 
-    # -- steering a running pool (this process) -----------------------------------------
 
-    def resize(
-        self,
-        *,
-        size: int | EllipsisType = ...,
-        max_outstanding: int | EllipsisType | None = ...,
-        alias: str | None = None,
+class _Answer503:
+    """``start_response`` under ``hold="lazy"``/``"transaction"``: a wait at the cap that
+    timed out inside the app (or the breaker's refusal) becomes a 503 if the response has
+    not started. Django made it a 500 (and logged it: ``quiet.DropAnswered503`` drops that
+    record); a view that caught the error and answered on its own is left alone."""
+
+    __slots__ = ("body", "environ", "middleware", "start_response", "work")
+
+    def __init__(
+        self, middleware: PoolingMiddleware, work: Work, environ: WSGIEnvironment,
+        start_response: StartResponse,
     ) -> None:
-        """Change ``size`` and/or ``max_outstanding`` of ``alias`` (None: every pooled
-        alias) for the checkouts from now on, checked by the constructor's rules.
+        self.middleware = middleware
+        self.work = work
+        self.environ = environ
+        self.start_response = start_response
+        self.body: Iterable[bytes] | None = None  # the 503's, once it replaced the 500
 
-        A higher cap serves waiting requests at once. A lower one takes nothing back:
-        the work in flight finishes, and new checkouts wait until the count is below
-        the new cap. Idle connections beyond the new ``size`` are closed now.
-        """
-        for pool in self._chosen(alias):
-            new_size = pool.pool.size if size is ... else size
-            new_cap = pool.pool.max_outstanding if max_outstanding is ... else max_outstanding
-            PoolSettings(size=new_size, max_outstanding=new_cap)  # the constructor's rules
-            pool.pool.resize(new_size, new_cap)
-            logger.info("resized %r: size=%d max_outstanding=%s", pool.alias, new_size, new_cap)
+    def replaces(self, exc: BaseException) -> TypeGuard[PoolError]:
+        """Whether ``exc``, escaping the app, is answered with a 503 (no response started)."""
+        return self.body is None and isinstance(exc, PoolError)
 
-    def drain(self, alias: str | None = None) -> None:
-        """Replace every connection of ``alias`` (None: every pooled alias).
-
-        Idle connections close now; those in use close when they come back. New ones
-        are made from ``settings.DATABASES[alias]`` as it is then: change it in place
-        (e.g. its ``PASSWORD`` after rotating credentials, or its ``HOST`` after a
-        switchover), then drain. Requests go on being served throughout.
-        """
-        for pool in self._chosen(alias):
-            pool.drain()
-
-    def pause(self, alias: str | None = None) -> None:
-        """New checkouts of ``alias`` (None: every pooled alias) wait, up to ``timeout``
-        (then 503), while the work in flight finishes; for planned maintenance or a
-        switchover. :meth:`resume` serves the waiting requests in arrival order."""
-        for pool in self._chosen(alias):
-            pool.pool.pause()
-            logger.warning("paused %r: new checkouts wait until resume()", pool.alias)
-
-    def resume(self, alias: str | None = None) -> None:
-        """End :meth:`pause`: the waiting requests are served in arrival order."""
-        for pool in self._chosen(alias):
-            pool.pool.resume()
-            logger.warning("resumed %r", pool.alias)
-
-    def _chosen(self, alias: str | None) -> list[AliasPool]:
-        if alias is None:
-            return list(self._pools)
-        chosen = [pool for pool in self._pools if pool.alias == alias]
-        if not chosen:
-            raise ValueError(
-                f"alias {alias!r} is not pooled here (pooled: {list(self.aliases)!r}); "
-                f"name one of them, or None for all"
-            )
-        return chosen
-
-    def stats(self) -> dict[str, dict[str, int | float | None]]:
-        """This process's pool, per alias, as a flat dict of numbers.
-
-        ``idle``, ``in_use``, ``waiting``: now. ``size``, ``max_outstanding``: the
-        settings. Lifetime counters: ``checkouts``, ``waits`` (checkouts that had to
-        queue), ``wait_seconds`` (their total wait), ``timeouts``, ``handoffs``
-        (returns given straight to a waiter), ``created`` (wrappers made),
-        ``discarded`` (returns not kept: surplus or closed), ``opened`` and
-        ``closed`` (server connections), ``stale`` (found dead on checkout),
-        ``dirty`` (returned inside a transaction, or with autocommit changed),
-        ``broken`` (closed on return: interrupted, or closed, mid-command or mid-result in
-        the driver), ``overflow`` (opened for a pooled alias outside any lease: greenlets
-        with no ``checkout()``), ``spawned`` (greenlets spawned by a view that took a
-        pooled connection, with ``hold="lazy"``/``"transaction"``), ``failovers``
-        (read-only or failover errors that closed the alias's connections), ``pinned``
-        (units of work that left state on their session: reset on return, and under
-        ``hold="transaction"`` kept their connection to their end),
-        ``hold_seconds`` (total time connections were checked out), ``connects`` and
-        ``connect_seconds`` (connect attempts and their total time), ``rejected``
-        (turned away at ``max_waiting``), ``paused`` (1 while paused),
-        ``breaker_open`` (1 while ``fail_fast``'s breaker is open), ``unavailable``
-        (requests answered at once while it was), ``drained`` (calls of :meth:`drain`),
-        ``taken_back`` (connections taken back at ``max_hold``).
-        """
-        return {p.alias: p.stats() for p in self._pools}
-
-    def close(self) -> None:
-        """Close every idle pooled connection (worker shutdown), and stop ``fail_fast``'s
-        probes; the pool stays usable."""
-        for pool in self._pools:
-            if pool.breaker is not None:
-                pool.breaker.stop()
-            closed = pool.close_idle()
-            logger.info("closed %d idle connection(s) of %r", closed, pool.alias)
-
-    # -- internals ----------------------------------------------------------------
-
-    def _connection_storage(self) -> Any:
-        # Found in the process (and after the monkey-patching) that serves requests.
-        if self._storage_generation != _concurrency.fork_generation():
-            self._storage = ConnectionSlots().storage
-            _concurrency.prepare_deferred_calls()
-            self._storage_generation = _concurrency.fork_generation()
-            control.install()  # control: the signal handler, in the process that serves
-            self.prewarm()
-        return self._storage
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        timed_out = self.work.timed_out
+        if timed_out is not None and status[:3] == "500" and self.body is None:
+            self.body = self.middleware._unavailable(timed_out, self.environ, self.start_response)
+            return _write_nothing
+        return self.start_response(status, headers, exc_info)
 
 
-def _watched(holds: HoldWatch, lease: Lease, environ: WSGIEnvironment) -> Callable[[bool], None]:
-    """``lease.release``, also ending the request's watch for long holds."""
-    token = holds.start(f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}")
-
-    def release(broken: bool = False) -> None:
-        try:
-            lease.release(broken)
-        finally:
-            holds.finish(token)
-
-    return release
-
-
-def _check_engine(alias: str, settings: dict[str, Any]) -> None:
-    """Load the alias's backend now (no connection), so a typo fails at start-up."""
-    from django.core.exceptions import ImproperlyConfigured
-    from django.db.utils import load_backend
-
-    engine = settings.get("ENGINE")
-    if not engine:
-        raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}] has no ENGINE: set it, e.g. 'django.db.backends.mysql'"
-        )
-    try:
-        load_backend(engine)
-    except ImproperlyConfigured as exc:
-        raise ImproperlyConfigured(f"DATABASES[{alias!r}]: {exc}") from None
-
-
-def _resolve_aliases(aliases: Iterable[str] | None) -> tuple[tuple[str, ...], list[str]]:
-    """The pooled aliases in lock order, and the others; checks names against DATABASES."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    databases: dict[str, Any] = settings.DATABASES
-    if isinstance(aliases, str):
-        raise TypeError(
-            f"aliases must be a list of DATABASES aliases, got the string {aliases!r}: "
-            f"write aliases=[{aliases!r}]"
-        )
-    chosen = list(databases) if aliases is None else list(aliases)
-    if not chosen:
-        raise ValueError(
-            "aliases names no database: pass None to pool every DATABASES alias, "
-            "or list the ones to pool"
-        )
-    unknown = [a for a in chosen if a not in databases]
-    if unknown:
-        raise ImproperlyConfigured(
-            f"aliases {unknown!r} are not in settings.DATABASES (it has "
-            f"{sorted(databases)!r}); fix the names or add them to DATABASES"
-        )
-    pooled = tuple(sorted(set(chosen)))
-    for alias in pooled:
-        _check_engine(alias, databases[alias])
-    return pooled, [a for a in databases if a not in pooled]
+def _write_nothing(data: bytes) -> None:
+    return None

@@ -55,6 +55,10 @@ STATS_KEYS = (
 # Upper bounds (seconds) of the wait-time histogram; the last bucket is +Inf.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# What release() did with an object nobody waited for: kept it idle, kept it lingering
+# and the reaper must start, or counted it surplus (to dispose of outside the lock).
+_KEPT, _REAP, _SURPLUS = 0, 1, 2
+
 # What a waiter holds until it is served: nothing yet, or a bare slot to fill itself.
 _NOTHING: object = object()
 _SLOT: object = object()
@@ -231,21 +235,30 @@ class Pool(Generic[T]):
                     state.checkouts += 1
                     waiter = None
                 else:
-                    waiter = _Waiter()
+                    waiter = self._queue(state)
             else:
-                waiter = _Waiter()
-            if waiter is not None:
-                if self.max_waiting is not None and len(state.waiters) >= self.max_waiting:
-                    state.rejected += 1
-                    rejected = len(state.waiters)
-                else:
-                    rejected = -1
-                    state.waits += 1
-                    state.waiters.append(waiter)
+                waiter = self._queue(state)
         if waiter is None:
             return self._create_in_slot(state), None
-        if rejected >= 0:  # raised outside the lock
-            raise TooManyWaiting(self.name, rejected, self.max_outstanding)
+        return self._served(state, waiter, timeout)
+
+    def _queue(self, state: _ProcessState[T]) -> _Waiter | int:
+        """Under the lock: a place in the queue, or how many wait already at
+        ``max_waiting`` (the caller raises, outside the lock)."""
+        if self.max_waiting is not None and len(state.waiters) >= self.max_waiting:
+            state.rejected += 1
+            return len(state.waiters)
+        waiter = _Waiter()
+        state.waits += 1
+        state.waiters.append(waiter)
+        return waiter
+
+    def _served(
+        self, state: _ProcessState[T], waiter: _Waiter | int, timeout: float | None
+    ) -> tuple[T, float | None]:
+        """Wait in the queue for what :meth:`release` hands over (outside the lock)."""
+        if not isinstance(waiter, _Waiter):  # turned away at max_waiting
+            raise TooManyWaiting(self.name, waiter, self.max_outstanding)
         gift = self._wait(state, waiter, timeout)
         if gift is _SLOT:
             return self._create_in_slot(state), None
@@ -320,7 +333,7 @@ class Pool(Generic[T]):
         state = self._state  # inlined _current(): this is the per-request path
         if state is None or state.generation != _concurrency._fork_generation:
             state = self._new_state()
-        surplus = start_reaper = False
+        outcome = _KEPT
         now = time.monotonic()
         with state.lock:
             if state.outstanding <= 0:
@@ -335,22 +348,28 @@ class Pool(Generic[T]):
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
             else:
-                state.outstanding -= 1
-                if reusable and len(state.idle) < self.size:
-                    state.idle.append((obj, now))
-                elif reusable and self.linger > 0:
-                    # Over size, but the next request may be a moment away: let it
-                    # linger rather than close it now and open another then (churn).
-                    state.idle.append((obj, now))
-                    start_reaper = not state.reaping
-                    state.reaping = True
-                else:
-                    surplus = True
-                    state.discarded += 1
-        if surplus:
+                outcome = self._put_back(state, obj, reusable, now)
+        if outcome == _SURPLUS:
             self._dispose(obj)
-        elif start_reaper:
+        elif outcome == _REAP:
             _concurrency.call_later(self.linger, self._reap)
+
+    def _put_back(self, state: _ProcessState[T], obj: T, reusable: bool, now: float) -> int:
+        """Under the lock, nobody waiting: keep ``obj`` idle, let it linger, or count it
+        surplus (the caller disposes of it outside the lock)."""
+        state.outstanding -= 1
+        if reusable and len(state.idle) < self.size:
+            state.idle.append((obj, now))
+            return _KEPT
+        if reusable and self.linger > 0:
+            # Over size, but the next request may be a moment away: let it
+            # linger rather than close it now and open another then (churn).
+            state.idle.append((obj, now))
+            start_reaper = not state.reaping
+            state.reaping = True
+            return _REAP if start_reaper else _KEPT
+        state.discarded += 1
+        return _SURPLUS
 
     def _reap(self) -> None:
         """Close idle objects beyond ``size`` that lingered ``linger`` seconds unused."""

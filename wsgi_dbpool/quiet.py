@@ -31,7 +31,7 @@ logger = logging.getLogger("wsgi_dbpool")
 
 # Seconds between two WARNING lines about the 503s of one alias.
 EVERY = 10.0
-# Where the middleware leaves the request's unit of work (``front.Work``) in the environ.
+# Where the middleware leaves the request's unit of work (``work.Work``) in the environ.
 WORK_KEY = "wsgi_dbpool.work"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _internals
+from .drivers import driver_of
 
 
 def reset_session(wrapper: Any) -> bool:
@@ -23,12 +24,7 @@ def reset_session(wrapper: Any) -> bool:
     The wrapper must be out of any transaction (the verdict rolls back first).
     """
     raw = wrapper.connection
-    if wrapper.vendor == "mysql" and _internals.is_pymysql(raw):
-        _internals.pymysql_reset_session(raw)
-    elif wrapper.vendor == "postgresql":
-        with raw.cursor() as cursor:
-            cursor.execute("DISCARD ALL")
-    else:
+    if not driver_of(raw).reset_session(raw):  # COM_RESET_CONNECTION, DISCARD ALL
         return False
     wrapper.init_connection_state()
     # The server's autocommit is its default again: put back what Django believes.

@@ -9,7 +9,7 @@ So every statement sent through Django's cursor is classified (two precompiled p
 backend: what a statement starts with, and what it calls; the answer cached per SQL text, as
 ORM statements repeat):
 
-- a statement that **sets** session state marks the connection (:data:`SESSION_ATTR`): the
+- a statement that **sets** session state marks the connection (its record's ``session``): the
   return path resets its session (``COM_RESET_CONNECTION`` / ``DISCARD ALL``, as
   ``reset="session"``), and under ``hold="transaction"`` the unit of work keeps the connection
   to its end (*pinned*), so its later statements see what it set;
@@ -37,15 +37,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import SessionStateError
+from .record import Record, record_of
 from .settings import SessionStateMode
 
-# On pooled wrappers: what changed the session of the wrapper's connection (a label), or None.
-SESSION_ATTR = "_wsgi_dbpool_session"
-# On pooled wrappers: a statement ran on the connection since this work took it.
-RAN_ATTR = "_wsgi_dbpool_ran"
-# On pooled wrappers: True while Django sets the session up (connect, or after a session
-# reset): its statements (the isolation level, say) are the connection's own, not the work's.
-SETUP_ATTR = "_wsgi_dbpool_setup"
+# Kept in each pooled wrapper's record (wsgi_dbpool.record): ``session``, what changed the
+# session of its connection (a label) or None; ``ran``, a statement ran on the connection
+# since this work took it; ``setup``, True while Django sets the session up (connect, or
+# after a session reset): its statements (the isolation level, say) are the connection's
+# own, not the work's.
 
 # What a statement starts with (the string, or after a ';': psycopg runs several), past
 # comments; and what it calls anywhere. Named groups: the ones in _READERS read state, the
@@ -135,16 +134,8 @@ class Classifier:
         return kind
 
     def classify(self, sql: str) -> Kind:
-        groups: list[str | None] = []
-        for statement in sql.split(";") if ";" in sql else (sql,):
-            match = self._start.match(statement)
-            if match is not None:
-                groups.append(match.lastgroup)
-        low = sql.lower()
-        if any(needle in low for needle in self._needles):
-            groups += [match.lastgroup for match in self._anywhere.finditer(sql)]
         sets = reads = None
-        for group in groups:
+        for group in self._groups(sql):
             assert group is not None
             if group in _READERS:
                 reads = reads or LABELS[group]
@@ -153,6 +144,18 @@ class Classifier:
         if sets is None and reads is None:
             return None
         return sets, reads
+
+    def _groups(self, sql: str) -> list[str | None]:
+        """The pattern groups ``sql`` matches: at each statement's start, and anywhere."""
+        groups: list[str | None] = []
+        for statement in sql.split(";") if ";" in sql else (sql,):
+            match = self._start.match(statement)
+            if match is not None:
+                groups.append(match.lastgroup)
+        low = sql.lower()
+        if any(needle in low for needle in self._needles):
+            groups += [match.lastgroup for match in self._anywhere.finditer(sql)]
+        return groups
 
 
 CLASSIFIERS = {
@@ -174,29 +177,29 @@ def watcher(vendor: str, mode: SessionStateMode) -> Any:
         execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
     ) -> Any:
         wrapper = context["connection"]
-        state = wrapper.__dict__
+        record: Record = wrapper._wsgi_dbpool
         try:
             kind = seen[sql]
         except (KeyError, TypeError):
             kind = classify(sql)
-        if kind is None or state[SESSION_ATTR] is not None:  # nothing new to learn
+        if kind is None or record.session is not None:  # nothing new to learn
             try:
                 return execute(sql, params, many, context)
             finally:
-                state[RAN_ATTR] = True
-        if state[SETUP_ATTR]:
+                record.ran = True
+        if record.setup:
             return execute(sql, params, many, context)
         sets, reads = kind
-        if reads is not None and not state[RAN_ATTR]:
+        if reads is not None and not record.ran:
             raise SessionStateError(_read_elsewhere(reads, sql, wrapper))
         if sets is not None and refuse_setters:
             raise SessionStateError(_refused(sets, sql, wrapper))
         try:
             return execute(sql, params, many, context)
         finally:
-            state[RAN_ATTR] = True
+            record.ran = True
             if sets is not None:
-                state[SESSION_ATTR] = sets
+                record.session = sets
 
     return watch
 
@@ -207,7 +210,8 @@ def _quoted(sql: str) -> str:
 
 
 def _read_elsewhere(reads: str, sql: str, wrapper: Any) -> str:
-    if getattr(getattr(wrapper, "_wsgi_dbpool_front", None), "per_transaction", False):
+    front = record_of(wrapper).front
+    if front is not None and front.per_transaction:
         where = (
             "under hold='transaction' the statement that set it ran on a connection given "
             "back since, and this one runs on whichever connection is free"

@@ -158,3 +158,79 @@ def check_seconds(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be >= 0 seconds (or None for no limit), got {value!r}")
+
+
+class Knobs:
+    """The settings as read-only attributes of what is built from them (``app.size``):
+    the middleware, the pool core and the Celery task pool. ``prewarm`` reads as
+    ``prewarm_count``, since ``prewarm()`` is a method there."""
+
+    settings: PoolSettings
+
+    @property
+    def size(self) -> int:
+        return self.settings.size
+
+    @property
+    def max_outstanding(self) -> int | None:
+        return self.settings.max_outstanding
+
+    @property
+    def timeout(self) -> float | None:
+        return self.settings.timeout
+
+    @property
+    def ping_after(self) -> float | None:
+        return self.settings.ping_after
+
+    @property
+    def linger(self) -> float:
+        return self.settings.linger
+
+    @property
+    def hold_warning(self) -> float | None:
+        return self.settings.hold_warning
+
+    @property
+    def reset(self) -> ResetMode:
+        return self.settings.reset
+
+    @property
+    def hold(self) -> HoldMode:
+        return self.settings.hold
+
+    @property
+    def prewarm_count(self) -> int:
+        return self.settings.prewarm
+
+    @property
+    def max_lifetime(self) -> float | None:
+        return self.settings.max_lifetime
+
+    @property
+    def lifetime_jitter(self) -> float:
+        return self.settings.lifetime_jitter
+
+    @property
+    def ping_timeout(self) -> float | None:
+        return self.settings.ping_timeout
+
+    @property
+    def session_state(self) -> SessionStateMode:
+        return self.settings.session_state
+
+    @property
+    def fail_fast(self) -> bool:
+        return self.settings.fail_fast
+
+    @property
+    def max_waiting(self) -> int | None:
+        return self.settings.max_waiting
+
+    @property
+    def statement_timeout(self) -> float | None:
+        return self.settings.statement_timeout
+
+    @property
+    def max_hold(self) -> float | None:
+        return self.settings.max_hold

@@ -10,7 +10,7 @@ it is read from memory: the clean path costs no round trip.
 The order, and why:
 
 0. ``fail over`` when a statement failed with a read-only or failover error
-   (:func:`~wsgi_dbpool._internals.failover_error`): the connection points at a
+   (:func:`~wsgi_dbpool.failover.failover_error`): the connection points at a
    demoted or vanished server even if it still answers a ping, so it is closed (or
    replaced inside ``atomic()``) and the alias's idle connections with it.
 1. ``replace`` inside ``atomic()``: Django forbids a rollback there, and a wrapper closed
@@ -33,18 +33,38 @@ on (a session reset still applies).
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import Any
 
-from ._internals import UNUSABLE, driver_trouble
+from .drivers import UNUSABLE, driver_trouble
+from .record import Record
 
-KEEP = "keep"
-ROLL_BACK = "roll back"
-CHECK = "check"
-RESET = "reset"
-CLOSE = "close"
-REPLACE = "replace"
-FAIL_OVER = "fail over"
+
+class Action(enum.Enum):
+    """What the return path does to a returned wrapper."""
+
+    KEEP = "keep"
+    ROLL_BACK = "roll back"
+    CHECK = "check"
+    RESET = "reset"
+    CLOSE = "close"
+    REPLACE = "replace"
+    FAIL_OVER = "fail over"
+    DRAINED = "drained"  # opened before the last drain(): close, give back a new wrapper
+
+
+KEEP = Action.KEEP
+ROLL_BACK = Action.ROLL_BACK
+CHECK = Action.CHECK
+RESET = Action.RESET
+CLOSE = Action.CLOSE
+REPLACE = Action.REPLACE
+FAIL_OVER = Action.FAIL_OVER
+DRAINED = Action.DRAINED
+
+# judge()'s ``trouble`` when the caller has not read the driver's state.
+UNKNOWN: Any = object()
 
 CLEAN = "clean"
 NOT_CONNECTED = "not connected"
@@ -58,9 +78,14 @@ SESSION = "reset='session'"
 SESSION_CHANGED = "its session state was changed"
 
 
-def judge(wrapper: Any, broken: bool, reset_session: bool) -> tuple[str, str]:
-    """The action the returned ``wrapper`` needs, and why (steps 0-8 above)."""
-    failover = wrapper._wsgi_dbpool_failover
+def judge(
+    wrapper: Any, broken: bool, reset_session: bool, trouble: Any = UNKNOWN
+) -> tuple[Action, str]:
+    """The action the returned ``wrapper`` needs, and why (steps 0-8 above). ``trouble``:
+    what :func:`~wsgi_dbpool.drivers.driver_trouble` just answered for this wrapper's
+    configured autocommit, if the caller asked it (a front after a statement)."""
+    record: Record = wrapper._wsgi_dbpool
+    failover = record.failover
     if failover is not None:
         return FAIL_OVER, failover
     if wrapper.in_atomic_block:
@@ -71,7 +96,8 @@ def judge(wrapper: Any, broken: bool, reset_session: bool) -> tuple[str, str]:
     if broken:
         return CLOSE, INTERRUPTED
     configured = wrapper.settings_dict["AUTOCOMMIT"]
-    trouble = driver_trouble(raw, configured)
+    if trouble is UNKNOWN:
+        trouble = driver_trouble(raw, configured)
     if trouble is not None:
         return (CLOSE if trouble in UNUSABLE else ROLL_BACK), trouble
     if wrapper.autocommit != configured:
@@ -81,15 +107,16 @@ def judge(wrapper: Any, broken: bool, reset_session: bool) -> tuple[str, str]:
     return judge_settled(wrapper, reset_session)
 
 
-def judge_settled(wrapper: Any, reset_session: bool) -> tuple[str, str]:
+def judge_settled(wrapper: Any, reset_session: bool) -> tuple[Action, str]:
     """Steps 6-8, for a connected wrapper with no transaction and no error pending."""
     close_at = wrapper.close_at
     if close_at is not None and time.monotonic() >= close_at:
         return CLOSE, TOO_OLD
-    expires = wrapper._wsgi_dbpool_expires
+    record: Record = wrapper._wsgi_dbpool
+    expires = record.expires
     if expires is not None and time.monotonic() >= expires:
         return CLOSE, PAST_LIFETIME
-    if wrapper._wsgi_dbpool_session is not None:  # session_state.SESSION_ATTR
+    if record.session is not None:  # set at the execute seam (session_state)
         return RESET, SESSION_CHANGED
     if reset_session:
         return RESET, SESSION
