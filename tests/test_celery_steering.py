@@ -13,8 +13,8 @@ from typing import Any
 import gevent
 import pytest
 
+from testbed.mariadb import MariaDBServer
 from tests.helpers import wait_until
-from tests.mariadb import MariaDBServer
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.celery]
 
