@@ -276,10 +276,7 @@ class AliasPool:
         record.taken = now = time.monotonic()  # for the hold time
         record.ran = False
         if wrapper.connection is not None:
-            if record.opened_at < self._replace_before or (record.expires or now) < now:
-                self._retire(wrapper)  # closed: it reconnects on first use, no ping
-            elif idle_since is not None and now - idle_since >= self._ping_every:
-                self._check_alive(wrapper)
+            self._check_connected(wrapper, record, idle_since, now)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         if self.max_hold is not None:
@@ -289,6 +286,16 @@ class AliasPool:
     # hold="request": the alias pool is itself the strategy (``lease.Hold``): a unit of work
     # takes a carrier when it starts and gives it back when it ends.
     take = checkout
+
+    def _check_connected(
+        self, wrapper: Wrapper, record: Record, idle_since: float | None, now: float
+    ) -> None:
+        """Before a connected wrapper is handed out: past its lifetime (or opened before a
+        failover), closed; idle a while, pinged."""
+        if record.opened_at < self._replace_before or (record.expires or now) < now:
+            self._retire(wrapper)  # closed: it reconnects on first use, no ping
+        elif idle_since is not None and now - idle_since >= self._ping_every:
+            self._check_alive(wrapper)
 
     def _retire(self, wrapper: Wrapper) -> None:
         """Close a connection that must not be handed out; the wrapper reconnects."""

@@ -35,12 +35,19 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import _concurrency
 
-if TYPE_CHECKING:
-    from .core import DjangoPool
+
+class DjangoPool(Protocol):
+    """What the handler steers: :class:`wsgi_dbpool.core.DjangoPool` (named by what it
+    does, so that this module imports nothing above it)."""
+
+    def drain(self, alias: str | None = None) -> None: ...
+    def pause(self, alias: str | None = None) -> None: ...
+    def resume(self, alias: str | None = None) -> None: ...
+
 
 logger = logging.getLogger("wsgi_dbpool")
 
@@ -117,17 +124,10 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _apply(starting: bool = False) -> None:
     """Read the control file (the parent's, else this process's own) and apply it."""
-    for owner in (os.getppid(), os.getpid()):
-        path = control_path(owner)
-        try:
-            state = _read(path)
-        except (OSError, ValueError) as exc:
-            logger.warning("could not read the control file %s: %r", path, exc)
-            continue
-        if state is not None:
-            break
-    else:
+    found = _find_state()
+    if found is None:
         return
+    path, state = found
     drain, paused = int(state.get("drain", 0)), bool(state.get("paused", False))
     pools = list(_pools)
     if starting:  # a new process: every connection it opens is new; only a pause applies
@@ -139,14 +139,26 @@ def _apply(starting: bool = False) -> None:
     _applied["drain"] = drain
     if paused != _applied.get("paused", False):
         for pool in pools:
-            if paused:
-                pool.pause()
-            else:
-                pool.resume()
+            pool.pause() if paused else pool.resume()
     _applied["paused"] = paused
     if not starting:
         ack = path.with_name(f"{path.name}.ack.{os.getpid()}")
         ack.write_text(json.dumps({"serial": state.get("serial", 0)}), encoding="utf-8")
+
+
+def _find_state() -> tuple[Path, dict[str, Any]] | None:
+    """The control file that applies here (the parent's, else this process's own) and
+    what it says; None if there is none."""
+    for owner in (os.getppid(), os.getpid()):
+        path = control_path(owner)
+        try:
+            state = _read(path)
+        except (OSError, ValueError) as exc:
+            logger.warning("could not read the control file %s: %r", path, exc)
+            continue
+        if state is not None:
+            return path, state
+    return None
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -206,6 +218,25 @@ def _acked(path: Path, pid: int, serial: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    if not Path(f"/proc/{args.pid}").exists():
+        print(f"no process {args.pid}", file=sys.stderr)
+        return 2
+    path = control_path(args.pid)
+    serial = _write_state(path, args.command)
+    signalled, skipped = _signal(_children(args.pid) or [args.pid])
+    waiting = _wait_for_acks(path, signalled, serial, args.timeout)
+    done = [pid for pid in signalled if pid not in waiting]
+    print(f"{args.command}: applied by {len(done)} process(es) {done}")
+    if skipped:
+        print(f"not serving yet, not signalled (they read {path} when they start): {skipped}")
+    if waiting:
+        print(f"no acknowledgement within {args.timeout}s: {waiting}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m wsgi_dbpool",
         description="Drain, pause or resume the pools of every worker of a running server.",
@@ -215,13 +246,12 @@ def main(argv: list[str]) -> int:
                         help="the gunicorn master's pid (or a single serving process's)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for every worker to acknowledge (default 10)")
-    args = parser.parse_args(argv)
-    if not Path(f"/proc/{args.pid}").exists():
-        print(f"no process {args.pid}", file=sys.stderr)
-        return 2
-    path = control_path(args.pid)
-    serial = _write_state(path, args.command)
-    targets = _children(args.pid) or [args.pid]
+    return parser.parse_args(argv)
+
+
+def _signal(targets: list[int]) -> tuple[list[int], list[int]]:
+    """Signal those of ``targets`` that handle the control signal (an unhandled real-time
+    signal would kill the process); the signalled and the skipped."""
     signalled, skipped = [], []
     for pid in targets:
         if _catches(pid, CONTROL_SIGNAL):
@@ -229,19 +259,18 @@ def main(argv: list[str]) -> int:
             signalled.append(pid)
         else:
             skipped.append(pid)
-    deadline = time.monotonic() + args.timeout
+    return signalled, skipped
+
+
+def _wait_for_acks(path: Path, signalled: list[int], serial: int, timeout: float) -> list[int]:
+    """Wait until every signalled process acknowledged ``serial``; those that did not."""
+    deadline = time.monotonic() + timeout
     waiting = list(signalled)
     while waiting and time.monotonic() < deadline:
         waiting = [pid for pid in waiting if not _acked(path, pid, serial)]
         if waiting:
             time.sleep(0.05)
-    done = [pid for pid in signalled if pid not in waiting]
-    for pid in done:
-        path.with_name(f"{path.name}.ack.{pid}").unlink(missing_ok=True)
-    print(f"{args.command}: applied by {len(done)} process(es) {done}")
-    if skipped:
-        print(f"not serving yet, not signalled (they read {path} when they start): {skipped}")
-    if waiting:
-        print(f"no acknowledgement within {args.timeout}s: {waiting}", file=sys.stderr)
-        return 1
-    return 0
+    for pid in signalled:
+        if pid not in waiting:
+            path.with_name(f"{path.name}.ack.{pid}").unlink(missing_ok=True)
+    return waiting

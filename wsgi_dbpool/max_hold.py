@@ -37,14 +37,20 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import _concurrency, _internals, drivers
 from .errors import MaxHoldExceeded
 from .record import Record, record_of
 
-if TYPE_CHECKING:
-    from .alias_pool import AliasPool
+
+class AliasPool(Protocol):
+    """What the watch asks of the alias pool that owns it (``alias_pool.AliasPool``),
+    named by what it does, so that this module imports nothing above it."""
+
+    alias: str
+    pool: Any  # its pool.Pool: count() and revoke()
+
 
 logger = logging.getLogger("wsgi_dbpool")
 
