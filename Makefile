@@ -54,7 +54,10 @@ CORE_FILES := tests/test_internals.py tests/test_backends.py tests/test_hold.py 
 # demo in Chromium, the bench smoke, the packaging); the first lane has the rest.
 LANE2_FILES := tests/test_django_suite.py tests/test_bench_smoke.py tests/test_celery.py tests/demo \
 	tests/test_packaging.py
-MAIN_ARGS := -m 'not bench' $(foreach f,$(LANE2_FILES),--ignore=$(f))
+# The third lane, after the other pairs' runs: a long file of the newest pair's suite (the
+# lanes end closer together; the first was the longest).
+LANE3_FILES := tests/test_isolation_table.py
+MAIN_ARGS := -m 'not bench' $(foreach f,$(LANE2_FILES) $(LANE3_FILES),--ignore=$(f))
 OTHERS := $(shell mktemp -u /tmp/wsgi_dbpool-others.XXXXXX)
 test:
 	@started=$$(date +%s); \
@@ -70,7 +73,7 @@ test:
 	main=$$?; wait; \
 	echo; echo "== beside it: Django's own suite through the pool, and the long files (6.1, 3.13) =="; \
 	cat $(OTHERS).suite.log; suite=$$(cat $(OTHERS).suite.rc 2>/dev/null || echo 1); \
-	echo; echo "== beside it: Django 5.2/Python 3.11, 6.0/3.12, and the lowest versions =="; \
+	echo; echo "== beside it: Django 5.2/Python 3.11, 6.0/3.12, the lowest versions, then $(LANE3_FILES) (6.1, 3.13) =="; \
 	cat $(OTHERS).log; others=$$(cat $(OTHERS).rc 2>/dev/null || echo 1); rm -f $(OTHERS).*; \
 	echo "make test: $$(( $$(date +%s) - started )) s; exit: suite $$main, second lane $$suite," \
 	  "other pairs $$others"; \
@@ -86,6 +89,7 @@ test-others:
 	$(MAKE) --no-print-directory test-one PY=3.11 DJANGO=5.2 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
 	$(MAKE) --no-print-directory test-one PY=3.12 DJANGO=6.0 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
 	$(MAKE) --no-print-directory test-one PY=3.11 DJANGO=5.2 LOWEST=1 PYTEST_ARGS="$(CORE) $(CORE_FILES)"
+	$(MAKE) --no-print-directory test-one PYTEST_ARGS="-m 'not bench' $(LANE3_FILES)"
 
 test-one: $(STAMP)
 	$(BIN)/python -c "from testbed.mariadb import ensure_installed; ensure_installed()"
