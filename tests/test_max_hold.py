@@ -214,3 +214,15 @@ def test_pool_revoke_frees_the_slot_once_for_the_oldest_waiter():
     assert pool.stats()["in_use"] == 0
     with pytest.raises(RuntimeError, match="revoke without a checkout"):
         pool.revoke()
+
+
+def test_the_revoked_stand_in_answers_the_drivers_probe_as_in_a_transaction():
+    """A front's per-statement detach reads the driver: on a taken-back carrier the answer
+    must be "in a transaction" (the front stays on it, refused, to the end of the work),
+    not the error the stand-in raises for any probe the real adapters would make."""
+    from wsgi_dbpool import drivers
+    from wsgi_dbpool.max_hold import Revoked
+
+    stand_in = Revoked(lambda: RuntimeError("taken back"))
+    assert drivers.driver_trouble(stand_in, True) == drivers.IN_TRANSACTION
+    drivers.force_close(stand_in)  # nothing to close, and no error

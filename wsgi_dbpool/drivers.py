@@ -272,6 +272,12 @@ DRIVERS: tuple[Driver, ...] = (PyMySQL(), Psycopg(), Psycopg2(), SQLite3(), Driv
 _BY_TYPE: dict[type, Driver] = {}
 
 
+def register(kind: type, driver: Driver) -> None:
+    """Answer for raw connections of class ``kind`` with ``driver``, without asking the
+    adapters in :data:`DRIVERS` (``max_hold``'s stand-in, which raises on any probe)."""
+    _BY_TYPE[kind] = driver
+
+
 def driver_of(raw: Any) -> Driver:
     """The adapter for the raw connection ``raw`` (found once per connection class)."""
     driver = _BY_TYPE.get(type(raw))

@@ -137,7 +137,7 @@ class _RevokedDriver(drivers.Driver):
         """Nothing to close: the holder's socket is closed from the Revocation."""
 
 
-drivers._BY_TYPE[Revoked] = _RevokedDriver()
+drivers.register(Revoked, _RevokedDriver())
 
 _ERROR_CLASSES: dict[Any, type[MaxHoldExceeded]] = {}
 
