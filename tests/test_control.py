@@ -72,7 +72,6 @@ def test_drain_pause_resume_every_worker_of_a_running_gunicorn(db, worker_class,
             drained = control("drain", process.pid)
             assert drained.returncode == 0, drained.stdout + drained.stderr
             assert "applied by 3 process(es)" in drained.stdout
-            drained_at_ids = {row["id"] for row in db.processlist("app")}
             gevent.sleep(0.3)
         finally:
             running = False
@@ -83,7 +82,9 @@ def test_drain_pause_resume_every_worker_of_a_running_gunicorn(db, worker_class,
         after = by_worker(address)
         assert set(after) == set(before)  # the same three workers: no restart
         assert not set().union(*after.values()) & before_ids  # every connection new, in each
-        assert drained_at_ids  # connections in use at the drain closed on return, not cut
+        # Connections in use at the drain were closed on return, not cut: the 0 errors above.
+        # (A PROCESSLIST read just after the drain, once asserted non-empty here, can find
+        # none at all: idle ones closed, busy ones returned, new ones not yet open; seen in CI.)
 
         # Pause: no statement runs in any worker until resume, then every request is served.
         def rows() -> int:
