@@ -135,7 +135,7 @@ def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy):
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailable) as caught, app.checkout():
         pass
-    assert time.monotonic() - started < 0.05 and len(proxy.accepted) == before
+    assert time.monotonic() - started < 0.5 and len(proxy.accepted) == before  # no connect tried
     assert 0 < caught.value.retry_after <= 0.5 and "'proxied'" in str(caught.value)
     proxy.set_mode("pass")
     wait_until(lambda: app.stats()["proxied"]["breaker_open"] == 0, timeout=3, what="closed")
@@ -178,7 +178,7 @@ def test_max_waiting_answers_503_at_once_beyond_the_cap_and_serves_the_rest(make
     started = time.monotonic()
     status, headers, _ = call(app, "/id/")
     assert status.startswith("503") and dict(headers)["Retry-After"] == "1"
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.4  # before the holder's 0.5 s ends, not at the 10 s timeout
     assert holder.get(timeout=10)[0].startswith("200")
     assert waiter.get(timeout=10)[0].startswith("200")  # nothing else changed
     stats = app.stats()["default"]
