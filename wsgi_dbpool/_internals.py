@@ -129,8 +129,8 @@ The driver details of this table (PyMySQL, psycopg, sqlite3) are read and writte
 :mod:`wsgi_dbpool.drivers`, one adapter class per driver family, and only there (but for
 :mod:`~wsgi_dbpool.alias_pool`, which asks PyMySQL's public ``get_server_info()`` whether
 the server is MariaDB for ``statement_timeout``). Public driver state read there too:
-PyMySQL ``open``; psycopg 3 ``closed``, ``broken``,
-``autocommit``, ``info.transaction_status``; psycopg2 ``closed``, ``autocommit``,
+PyMySQL ``open``; psycopg 3 ``pgconn.status`` and ``pgconn.transaction_status`` (libpq's
+own, through the documented ``Connection.pgconn``), ``autocommit``; psycopg2 ``closed``, ``autocommit``,
 ``get_transaction_status()``; sqlite3 ``in_transaction``, ``isolation_level``.
 """
 

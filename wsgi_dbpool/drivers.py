@@ -179,6 +179,9 @@ POSTGRES_ERRORS = {
 }
 
 
+_CONNECTION_BAD = 1  # libpq's ConnStatusType CONNECTION_BAD
+
+
 def _libpq(closed: bool, status: int, driver_autocommit: bool, autocommit: bool) -> str | None:
     # libpq's transaction status: IDLE 0, ACTIVE 1, INTRANS 2, INERROR 3, UNKNOWN 4.
     if closed or status == 4:
@@ -203,8 +206,12 @@ class Psycopg(Driver):
         return info is not None and hasattr(info, "transaction_status") and hasattr(raw, "broken")
 
     def trouble(self, raw: Any, autocommit: bool) -> str | None:
+        # libpq's own state, read from the PGconn: ``raw.info.transaction_status`` would build
+        # a ConnectionInfo and an enum on every return (2.3 against 0.6 us, measured).
+        # ``status`` is CONNECTION_BAD once closed or broken, and libpq answers UNKNOWN then.
+        pgconn = raw.pgconn
         return _libpq(
-            raw.closed or raw.broken, int(raw.info.transaction_status), bool(raw.autocommit),
+            pgconn.status == _CONNECTION_BAD, pgconn.transaction_status, bool(raw.autocommit),
             autocommit,
         )
 
