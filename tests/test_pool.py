@@ -28,7 +28,7 @@ from wsgi_dbpool.pool import Pool
 from wsgi_dbpool.response import ClosingIterable, hook_file_wrapper
 
 DEADLINE = 2.0  # seconds: far above anything here, which takes milliseconds
-_new_lock = _concurrency.new_lock  # the real one, for the lock wrappers below
+_new_wakeup = _concurrency.new_wakeup  # the real one, for the signal wrappers below
 
 
 class Thing:
@@ -200,24 +200,25 @@ def test_a_wait_past_its_timeout_raises_pool_timeout_and_leaves_the_queue(make_p
 
 
 class _ServedAtTimeout:
-    """A waiter's lock whose wait times out, with ``on_timeout`` run at that very instant.
+    """A waiter's signal whose wait times out, with ``on_timeout`` run at that very instant.
 
     This is the race a real thread can hit: the releaser serves the waiter between the
     end of its wait and its look at what it was given.
     """
 
     def __init__(self, on_timeout: Callable[[], None]) -> None:
-        self._lock = _new_lock()
+        self._signal = _new_wakeup()
+        self._woken = False
         self._on_timeout = on_timeout
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        got = self._lock.acquire(blocking, timeout)
-        if not got:
+    def wait(self, timeout: float | None) -> None:
+        self._signal.wait(timeout)
+        if not self._woken:
             self._on_timeout()
-        return got
 
-    def release(self) -> None:
-        self._lock.release()
+    def wake(self) -> None:
+        self._woken = True
+        self._signal.wake()
 
 
 @pytest.mark.parametrize(
@@ -237,7 +238,7 @@ def test_a_hand_off_at_the_instant_of_a_timeout_is_never_lost(
         if served_at_timeout:
             pool.release(held, reusable=True)
 
-    monkeypatch.setattr(_concurrency, "new_lock", lambda: _ServedAtTimeout(serve_now))
+    monkeypatch.setattr(_concurrency, "new_wakeup", lambda: _ServedAtTimeout(serve_now))
     try:
         got: object = pool.acquire(0.01)[0]
     except PoolTimeout:
@@ -256,11 +257,30 @@ def test_a_hand_off_at_the_instant_of_a_timeout_is_never_lost(
     assert (stats["in_use"], stats["idle"]) == (0, 1)
 
 
+@pytest.mark.skipif(
+    not _concurrency._gevent_patched(), reason="a greenlet served from a native thread: gevent only"
+)
+def test_a_waiting_greenlet_is_served_from_a_native_thread(make_pool):
+    """The hub's waiter is woken thread-safely when the release runs in another OS thread
+    (without it, the switch would be queued in the wrong loop: the waiter would sleep
+    until its timeout and raise)."""
+    import gevent.monkey
+
+    start_native_thread = gevent.monkey.get_original("_thread", "start_new_thread")
+    pool = make_pool(max_outstanding=1)
+    held = take(pool)
+    waiter = gevent.spawn(take, pool, 5.0)
+    wait_for(lambda: pool.stats()["waiting"] == 1, "one waiting")
+    start_native_thread(pool.release, (held,), {"reusable": True})
+    assert waiter.get(timeout=DEADLINE) is held
+    assert pool.stats()["timeouts"] == 0
+
+
 # -- killed waiters -----------------------------------------------------------------
 
 
 class _KilledWhenServed:
-    """A waiter's lock that raises GreenletExit the moment its wait is over.
+    """A waiter's signal that raises GreenletExit the moment its wait is over.
 
     The kill lands after the hand-off was made under the pool lock, but before the
     waiter took what it was given: the one order gevent's scheduler cannot be made to
@@ -268,25 +288,21 @@ class _KilledWhenServed:
     """
 
     def __init__(self) -> None:
-        self._lock = _new_lock()
-        self._calls = 0
+        self._signal = _new_wakeup()
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        self._calls += 1
-        got = self._lock.acquire(blocking, timeout)
-        if self._calls == 2:  # the first call is the waiter locking its own signal
-            raise gevent.GreenletExit
-        return got
+    def wait(self, timeout: float | None) -> None:
+        self._signal.wait(timeout)
+        raise gevent.GreenletExit
 
-    def release(self) -> None:
-        self._lock.release()
+    def wake(self) -> None:
+        self._signal.wake()
 
 
 def queue_waiter(pool: Pool[Thing], *, killed_when_served: bool = False) -> gevent.Greenlet:
     """Spawns a greenlet taking a Thing and lets it join the pool's queue."""
     with pytest.MonkeyPatch.context() as patch:
         if killed_when_served:
-            patch.setattr(_concurrency, "new_lock", _KilledWhenServed)
+            patch.setattr(_concurrency, "new_wakeup", _KilledWhenServed)
         waiter = gevent.spawn(take, pool)
         gevent.sleep(0)
     return waiter

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -46,6 +46,97 @@ class Lock(Protocol):
 def new_lock() -> Lock:
     """A lock to *wait* on: gevent's (cooperative) once patched, a native one otherwise."""
     return threading.Lock()
+
+
+class Wakeup(Protocol):
+    """One waiter's private signal: :meth:`wait` returns once :meth:`wake` was called
+    (before or after it started waiting) or ``timeout`` seconds passed; the caller
+    tells which from what it was handed, under its own lock."""
+
+    def wait(self, timeout: float | None) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+def new_wakeup() -> Wakeup:
+    """A :class:`Wakeup`: the hub's own waiter once gevent patched ``threading``, a
+    native lock otherwise (looked up now: see the module docstring)."""
+    if _gevent_patched():
+        return _HubWakeup()
+    return _LockWakeup()
+
+
+class _LockWakeup:
+    """A lock taken at once, released by :meth:`wake`."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wait(self, timeout: float | None) -> None:
+        self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+    def wake(self) -> None:
+        self._lock.release()
+
+
+class _HubWakeup:
+    """Under gevent: the waiting greenlet parks in the hub on a ``gevent.hub.Waiter``,
+    with a bare loop timer for the timeout.
+
+    A third of the CPU of a gevent lock with a timeout (which builds a ``Timeout``, a
+    lock and its links for every wait), measured: a wait at the cap is common under
+    load, where every microsecond is the worker's. The waker only queues the switch in
+    the hub (thread-safely when it runs in another thread); a switch arriving after a
+    timeout finds nobody waiting and is dropped by the ``Waiter``.
+    """
+
+    __slots__ = ("_loop", "_thread", "_waiter")
+
+    def __init__(self) -> None:
+        gevent_hub = _gevent_hub()
+        hub = gevent_hub.get_hub()
+        self._loop = hub.loop
+        self._waiter = gevent_hub.Waiter(hub)
+        self._thread = _native_thread_ident()
+
+    def wait(self, timeout: float | None) -> None:
+        waiter = self._waiter
+        if timeout is None:
+            waiter.get()
+            return
+        timer = self._loop.timer(max(timeout, 0.0))
+        timer.start(waiter.switch, None)
+        try:
+            waiter.get()
+        finally:
+            timer.close()
+
+    def wake(self) -> None:
+        if _native_thread_ident() == self._thread:
+            self._loop.run_callback(self._waiter.switch, None)
+        else:
+            self._loop.run_callback_threadsafe(self._waiter.switch, None)
+
+
+def _gevent_hub() -> Any:
+    return sys.modules["gevent.hub"]  # imported by gevent.monkey, which patched threading
+
+
+_native_get_ident: Callable[[], int] | None = None
+
+
+def _native_thread_ident() -> int:
+    """The OS thread's ident, also under gevent (whose patched one names the greenlet)."""
+    global _native_get_ident
+    get = _native_get_ident
+    if get is None:
+        monkey = sys.modules.get("gevent.monkey")
+        get = monkey.get_original("_thread", "get_ident") if monkey is not None else None
+        get = _native_get_ident = get or _thread.get_ident
+    return get()
 
 
 def new_guard_lock() -> Lock:

@@ -75,7 +75,7 @@ class _FromIdle:
 
 
 class _Waiter:
-    """One caller waiting for a slot; woken by releasing its private lock.
+    """One caller waiting for a slot; woken through its private signal.
 
     The hand-off is *accepted* under the pool lock: a waiter that times out at the
     very moment it is served keeps what it was given, so nothing is lost.
@@ -84,13 +84,12 @@ class _Waiter:
     __slots__ = ("gift", "signal")
 
     def __init__(self) -> None:
-        self.signal = _concurrency.new_lock()
-        self.signal.acquire()
+        self.signal = _concurrency.new_wakeup()
         self.gift: object = _NOTHING
 
     def serve(self, gift: object) -> None:
         self.gift = gift
-        self.signal.release()
+        self.signal.wake()
 
 
 class _ProcessState(Generic[T]):
@@ -289,7 +288,7 @@ class Pool(Generic[T]):
     def _wait(self, state: _ProcessState[T], waiter: _Waiter, timeout: float | None) -> object:
         started = time.monotonic()
         try:
-            waiter.signal.acquire(timeout=-1 if timeout is None else timeout)
+            waiter.signal.wait(timeout)
         except BaseException:
             # Killed while waiting (GreenletExit, gevent.Timeout, KeyboardInterrupt):
             # leave the queue, or pass on what we were handed, then die.
