@@ -28,17 +28,11 @@ MODES = ["request", "lazy", "transaction"]
 CACHE = ROOT / ".cache" / "django"
 
 # Tests that pass plainly and fail pooled: {test id: reason}, for every mode or one.
-_WRAPPERS = (
-    "connection.execute_wrappers holds the pool's own execute wrappers (the failover watch; "
-    "with hold='transaction', the front's statement hook) before the user's"
-)
 _DETACHED = (
     "hold='transaction': connection.connection is None between statements (the connection "
     "is given back after each)"
 )
-EVERY_MODE = {
-    "backends.base.test_base.ExecuteWrapperTests.test_wrapper_connection_specific": _WRAPPERS,
-}
+EVERY_MODE: dict[str, str] = {}
 KNOWN: dict[str, dict[str, str]] = {
     "request": {},
     "lazy": {},

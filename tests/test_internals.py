@@ -77,3 +77,25 @@ def test_psycopg_state_we_read(connected):
     assert raw.closed is False and raw.broken is False and raw.autocommit is True
     assert int(raw.info.transaction_status) == 0  # IDLE
     assert isinstance(raw.info.backend_pid, int)
+
+
+def test_django_cursor_wrapper_runs_execute_wrappers_as_hook_cursors_does(django_site):
+    """``_internals.hook_cursors`` builds cursors of a subclass of the class Django's
+    ``make_cursor``/``make_debug_cursor`` build, whose ``_execute_with_wrappers`` is Django's
+    own with the pool's hooks outside the list: Django's must still be those four lines."""
+    from django.db.backends import utils
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    source = inspect.getsource(utils.CursorWrapper._execute_with_wrappers)
+    body = [line.strip() for line in source.splitlines()[1:] if line.strip()]
+    assert body == [
+        'context = {"connection": self.db, "cursor": self}',
+        "for wrapper in reversed(self.db.execute_wrappers):",
+        "executor = functools.partial(wrapper, executor)",
+        "return executor(sql, params, many, context)",
+    ]
+    assert issubclass(utils.CursorDebugWrapper, utils.CursorWrapper)
+    assert "_execute_with_wrappers" not in vars(utils.CursorDebugWrapper)
+    for name, cls in (("make_cursor", "CursorWrapper"), ("make_debug_cursor", "CursorDebugWrapper")):
+        source = inspect.getsource(getattr(BaseDatabaseWrapper, name))
+        assert f"return utils.{cls}(cursor, self)" in source, name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import gevent
+import gevent.event
 import pytest
 
 from tests.helpers import get, serve, wait_until
@@ -81,14 +82,29 @@ def test_a_closed_cursor_does_not_execute_again(make_app, db, hold):
 
 @pytest.mark.parametrize("hold", MODES)
 def test_a_closed_cursor_does_not_execute_again_on_postgresql(make_app, pg_db, hold):
-    from django.db import InterfaceError, ProgrammingError, connections
+    from django.db import InterfaceError, ProgrammingError, connections, transaction
 
     app = make_app(size=1, aliases=["pg"], hold=hold)
+    holding, done = gevent.event.Event(), gevent.event.Event()
+
+    def hold_the_idle_one() -> None:  # so that a new attachment gets another connection
+        with app.checkout(), transaction.atomic(using="pg"):
+            _one("SELECT 1", "pg")
+            holding.set()
+            done.wait(10)
+
     with app.checkout():
         with connections["pg"].cursor() as cursor:
             cursor.execute("SELECT 1")
-        with pytest.raises((InterfaceError, ProgrammingError)):
-            cursor.execute("SELECT 2")
+        holder = gevent.spawn(hold_the_idle_one)
+        try:
+            if hold != "request":  # under "request" this work keeps its own connection
+                assert holding.wait(10)
+            with pytest.raises((InterfaceError, ProgrammingError)):
+                cursor.execute("SELECT 2")
+        finally:
+            done.set()
+            holder.join(10)
 
 
 # -- 3. CONN_HEALTH_CHECKS ---------------------------------------------------------------------------
@@ -310,3 +326,157 @@ def test_rollback_exc_belongs_to_its_unit_of_work(make_app, db, hold):
             assert broken.value.__cause__ is error  # carried across attachments
     with app.checkout():
         assert connection.rollback_exc is None  # a new unit of work starts clean
+
+
+# -- the execute-wrapper list is the user's own -------------------------------------------------------
+
+# Per backend: a statement that sets session state, and one that reads it back.
+SESSION_PROBES = {
+    "mariadb": ("SET @pooled = 5", "SELECT @pooled"),
+    "postgresql": ("SET application_name = 'pooled'", "SELECT current_setting('application_name')"),
+}
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_execute_wrappers_hold_only_what_the_user_put_there(make_app, backend, hold):
+    """``connection.execute_wrappers`` is Django's public list: empty unless the user adds
+    to it, whatever the pool runs around each statement; a library that clears it (or
+    asserts it empty) takes nothing of the pool's away."""
+    from django.db import connections
+
+    alias = backend.alias
+    kind = "mariadb" if alias == "default" else "postgresql"
+    set_state, read_state = SESSION_PROBES[kind]
+    app = make_app(size=1, hold=hold, aliases=[alias])
+    seen: list[tuple[str, bool]] = []
+
+    def mine(execute, sql, params, many, context):
+        seen.append((sql, context["connection"] is connections[alias]))
+        return execute(sql, params, many, context)
+
+    with app.checkout():
+        connection = connections[alias]
+        assert connection.execute_wrappers == []
+        first = _one(backend.connection_id_sql, alias)
+        assert connection.execute_wrappers == []
+        with connection.execute_wrapper(mine):
+            assert connection.execute_wrappers == [mine]
+            assert _one(backend.connection_id_sql, alias) == first
+        assert seen == [(backend.connection_id_sql, True)]
+        assert connection.execute_wrappers == []
+        connection.execute_wrappers.clear()  # what a library may do
+        # The pool's hooks still run: the session-state watch marks (and under
+        # hold="transaction" pins) the work that sets session state.
+        _one(set_state, alias)
+        if hold == "transaction":
+            assert _in_use(app, alias) == 1, "the work that set session state is pinned"
+        assert _one(read_state, alias) in ("5", 5, "pooled")
+    assert app.stats()[alias]["pinned"] == 1
+    with app.checkout():
+        assert _one(read_state, alias) in (None, "")  # reset on return: not the next holder's
+        assert _one(backend.connection_id_sql, alias) == first  # the same session, reset
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_a_user_wrapper_runs_inside_the_pools_hooks(make_app, db, hold):
+    """The user's execute wrapper sees the statement as on a plain connection: its own
+    context, on the connection that runs it (attached already under hold="transaction")."""
+    from django.db import connection
+
+    app = make_app(size=1, hold=hold)
+    seen: list[tuple[str, bool]] = []
+
+    def mine(execute, sql, params, many, context):
+        raw = connection.connection
+        seen.append((sql, raw is not None and raw is context["cursor"].cursor.connection))
+        return execute(sql, params, many, context)
+
+    insert = "INSERT INTO items (name) VALUES (%s)"
+    with app.checkout(), connection.execute_wrapper(mine):
+        _one("SELECT 1")
+        with connection.cursor() as cursor:
+            cursor.executemany(insert, [("a",), ("b",)])
+    # (Django's own session set-up, when the first statement connects, passes through the
+    # user's wrapper too, as on a plain connection.)
+    assert [sql for sql, _ in seen][-2:] == ["SELECT 1", insert]
+    assert all(on_its_connection for _, on_its_connection in seen), seen
+    assert db.admin_query("SELECT COUNT(*) FROM app.items")[0][0] == 2
+
+
+# -- what Django keeps on the wrapper for the rest of the unit of work ------------------------------
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_errors_occurred_is_kept_for_the_rest_of_the_work(make_app, backend, hold):
+    """Django sets ``errors_occurred`` on a failed statement and keeps it until the request
+    ends (its end-of-request check reads it); the next unit of work starts without it."""
+    from django.db import ProgrammingError, connections
+
+    alias = backend.alias
+    app = make_app(size=1, hold=hold, aliases=[alias])
+    with app.checkout():
+        connection = connections[alias]
+        assert connection.errors_occurred is False
+        with pytest.raises(ProgrammingError):
+            _one("SELEC 1", alias)
+        assert connection.errors_occurred is True
+        first = _one(backend.connection_id_sql, alias)  # the connection answers: kept
+        assert connection.errors_occurred is True
+    with app.checkout():
+        connection = connections[alias]
+        assert connection.errors_occurred is False
+        assert _one(backend.connection_id_sql, alias) == first  # judged usable, kept
+        assert connection.errors_occurred is False
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_each_unit_of_work_starts_as_a_new_threads_connection(make_app, backend, hold):
+    """Whatever the last holder did (nested atomic(), a failed statement, on_commit, a rollback
+    flag, a thread-sharing count), the next starts with the state a wrapper of a new
+    thread has: under gevent, what plain Django gives each request."""
+    from django.db import IntegrityError, ProgrammingError, connections, transaction
+
+    from wsgi_dbpool import _internals
+
+    alias = backend.alias
+
+    def fresh_state(connection) -> dict:
+        return {
+            "in_atomic_block": connection.in_atomic_block,
+            "savepoint_ids": list(connection.savepoint_ids),
+            "atomic_blocks": list(connection.atomic_blocks),
+            "needs_rollback": connection.needs_rollback,
+            "errors_occurred": connection.errors_occurred,
+            "run_on_commit": list(connection.run_on_commit),
+            "savepoint_state": connection.savepoint_state,
+            "rollback_exc": connection.rollback_exc,
+            "allow_thread_sharing": connection.allow_thread_sharing,
+            "queries_log": list(connection.queries_log),
+            "execute_wrappers": list(connection.execute_wrappers),
+            "get_autocommit": connection.get_autocommit(),
+            "closed_in_transaction": connection.closed_in_transaction,
+            "commit_on_exit": connection.commit_on_exit,
+        }
+
+    plain = _internals.django_create_connection(alias)  # Django's own, as a new thread gets
+    try:
+        expected = fresh_state(plain)
+    finally:
+        plain.close()
+    app = make_app(size=1, hold=hold, aliases=[alias])
+    with app.checkout():
+        connection = connections[alias]
+        connection.force_debug_cursor = True
+        with transaction.atomic(using=alias):
+            _one("INSERT INTO items (id, name) VALUES (7, 'x')", alias)
+            with transaction.atomic(using=alias):
+                transaction.on_commit(lambda: None, using=alias)
+                with pytest.raises(IntegrityError):
+                    with transaction.atomic(using=alias):
+                        _one("INSERT INTO items (id, name) VALUES (7, 'y')", alias)
+        connection.force_debug_cursor = False
+        with pytest.raises(ProgrammingError):
+            _one("SELEC 1", alias)
+        connection.inc_thread_sharing()
+    with app.checkout():
+        assert fresh_state(connections[alias]) == expected

@@ -27,13 +27,21 @@ private detail                            why
 ``BaseDatabaseWrapper.close_at``          the expiry Django computes from ``CONN_MAX_AGE``
                                           at connect; read by the verdict, and cleared
                                           when ``max_lifetime`` replaces that rule.
-``BaseDatabaseWrapper.connect``,          wrapped on each pooled wrapper instance (not
-``execute_wrappers``                      the class) to time connects (and to tell the
+``BaseDatabaseWrapper.connect``           wrapped on each pooled wrapper instance (not
+                                          the class) to time connects (and to tell the
                                           session-state watch that Django's own session
                                           set-up runs: its statements pass through the
-                                          list too); the failover watch is put first in
-                                          the (public) list, the session-state watch
-                                          second.
+                                          statement hooks too).
+``BaseDatabaseWrapper.make_cursor``,      replaced on each pooled wrapper instance
+``make_debug_cursor``;                    (:func:`hook_cursors`): its cursors are of a
+``utils.CursorWrapper``,                  subclass of the class Django builds whose
+``CursorDebugWrapper``                    ``_execute_with_wrappers`` runs the pool's hooks
+``._execute_with_wrappers``               (``Record.hooks``: the failover watch, the
+                                          session-state watch, the front's statement
+                                          hook, max_hold's refusal) outside the user's
+                                          ``execute_wrappers``, which stays Django's
+                                          own list: empty unless the user adds one
+                                          (5.2, 6.1: the same four lines in both).
 ``BaseDatabaseWrapper._set_autocommit``   replays the server's autocommit after a
                                           session reset without Django's bookkeeping.
 PyMySQL ``Connection.server_status``      in memory after every reply: bit 0x1 "in
@@ -58,9 +66,14 @@ PyMySQL ``Connection.db``, ``charset``,   what ``connect()`` set up, replayed af
 ``closed_in_transaction``,                work (:func:`copy_transaction_state`,
 ``errors_occurred``, ``commit_on_exit``,  :func:`reset_transaction_state`); ``close_at``
 ``run_on_commit``, ``savepoint_state``,   and ``health_check_done`` move with the raw
-``close_at``, ``health_check_done``       connection.
-``connect``, ``execute_wrappers``,       ``max_hold`` fences a revoked wrapper: its
-``connection``                            ``connect`` refuses, a refusing execute wrapper
+``close_at``, ``health_check_done``       connection. ``savepoint_state`` (which numbers
+                                          savepoints) starts at 0 for each holder, as on
+                                          a new thread's wrapper; a front keeps
+                                          ``errors_occurred`` across its detachments to
+                                          the work's end, as Django keeps it to the
+                                          request's (5.2, 6.1).
+``connect``, ``connection``              ``max_hold`` fences a revoked wrapper: its
+                                          ``connect`` refuses, a refusing statement hook
                                           goes first, its driver connection is replaced
                                           by a stand-in that raises, and a probe for that
                                           stand-in is put in :data:`_PROBES` (5.2, 6.1).
@@ -76,8 +89,6 @@ PyMySQL ``Connection._sock``              the socket of a connection taken back 
 ``set_autocommit``, ``close``             attributes on objects the pool made): attach,
                                           read a flag without connecting, detach at the
                                           end of ``atomic()``, give the slot back.
-``BaseDatabaseWrapper.execute_wrappers``  Django's documented ``execute_wrapper`` list,
-                                          appended to on front wrappers for good.
 ``utils.CursorWrapper.cursor``            the driver cursor inside Django's cursor,
                                           replaced when it belongs to an earlier
                                           attachment's connection.
@@ -136,6 +147,7 @@ own, through the documented ``Connection.pgconn``), ``autocommit``; psycopg2 ``c
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -269,3 +281,80 @@ def install_create_connection(hook: Callable[[str], Any]) -> None:
     from django.db import connections
 
     connections.create_connection = hook
+
+
+# -- the pool's statement hooks, below Django's execute_wrappers list -------------------------
+
+# Per cursor class Django's make_cursor()/make_debug_cursor() build: its subclass whose
+# _execute_with_wrappers runs the pool's hooks around the user's execute_wrappers.
+_HOOKED: dict[type, type] = {}
+
+
+def _execute_with_hooks(
+    self: Any, sql: Any, params: Any, many: bool, executor: Callable[..., Any]
+) -> Any:
+    """Django's ``CursorWrapper._execute_with_wrappers`` (5.2 to 6.1), with the pool's hooks
+    (``Record.hooks``) outside the user's ``execute_wrappers``: as when they were first in
+    that list, but not in it. One context dict for all, as Django passes it."""
+    db = self.db
+    context = {"connection": db, "cursor": self}
+    for wrapper in reversed(db.execute_wrappers):
+        executor = functools.partial(wrapper, executor)
+    for hook in reversed(db._wsgi_dbpool.hooks):
+        executor = functools.partial(hook, executor)
+    return executor(sql, params, many, context)
+
+
+def _hooked_class(base: type) -> type:
+    hooked = _HOOKED.get(base)
+    if hooked is None:
+        hooked = _HOOKED[base] = type(
+            base.__name__, (base,), {
+                "__slots__": (), "__qualname__": base.__qualname__,
+                "_execute_with_wrappers": _execute_with_hooks,
+            },
+        )
+    return hooked
+
+
+def hook_cursors(wrapper: Any) -> None:
+    """Make the cursors of a pooled wrapper run its ``Record.hooks`` around each statement,
+    leaving ``execute_wrappers`` (Django's documented list, which a user or a library may
+    read, clear or assert empty) as Django's own. The cursor is of the class the backend's
+    ``make_cursor``/``make_debug_cursor`` builds, subclassed to differ in
+    ``_execute_with_wrappers`` only, so a class patched or mocked by others is kept.
+
+    Django's own ``make_cursor``/``make_debug_cursor`` build ``utils.CursorWrapper(cursor,
+    self)``/``utils.CursorDebugWrapper(...)``: the subclass is built directly. A backend's
+    own (PostgreSQL's ``make_debug_cursor``, 5.2 to 6.1) builds its cursor, whose class is
+    then switched (slower: CPython's inline attribute values are lost; DEBUG only).
+    """
+    from django.db.backends import utils
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    cls = type(wrapper)
+
+    def direct(name: str) -> Callable[[Any], Any]:
+        def make_cursor(cursor: Any) -> Any:
+            base = getattr(utils, name)  # read at each call, as Django does
+            return (_HOOKED.get(base) or _hooked_class(base))(cursor, wrapper)
+
+        return make_cursor
+
+    def switched(make: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+        def make_cursor(cursor: Any) -> Any:
+            wrapped = make(wrapper, cursor)
+            wrapped.__class__ = _HOOKED.get(wrapped.__class__) or _hooked_class(wrapped.__class__)
+            return wrapped
+
+        return make_cursor
+
+    wrapper.make_cursor = (
+        direct("CursorWrapper") if cls.make_cursor is BaseDatabaseWrapper.make_cursor
+        else switched(cls.make_cursor)
+    )
+    wrapper.make_debug_cursor = (
+        direct("CursorDebugWrapper")
+        if cls.make_debug_cursor is BaseDatabaseWrapper.make_debug_cursor
+        else switched(cls.make_debug_cursor)
+    )

@@ -17,7 +17,7 @@ import weakref
 from typing import Any
 
 from . import _concurrency, drivers, failover, session_state
-from ._internals import NOBODY, django_create_connection, set_owner
+from ._internals import NOBODY, django_create_connection, hook_cursors, set_owner
 from .breaker import Breaker
 from .drivers import UNUSABLE, driver_of, force_close, missing_auth_package
 from .lease import in_lease
@@ -106,7 +106,7 @@ class AliasPool:
             max_waiting=settings.max_waiting,
         )
         self._warned: set[str] = set()
-        self._watch_session: Any = None  # session_state's execute wrapper, per backend
+        self._watch_session: Any = None  # session_state's statement hook, per backend
         # When the idle connections were last closed for a failover: a connection opened
         # before then that fails the same way belongs to that failover, not a new one.
         self._failover_at = float("-inf")
@@ -137,15 +137,18 @@ class AliasPool:
         """A wrapper from Django's own factory, marked as ours, with the execute-seam
         watches: no I/O. A carrier (:meth:`_create`) or a front (``front.Front``) after."""
         wrapper = django_create_connection(self.alias)
-        wrapper._wsgi_dbpool = Record(self)  # record.RECORD_ATTR
-        # Django's public per-connection hook; it stays first, so it sees every error.
-        wrapper.execute_wrappers.insert(0, failover.watch)
+        record = wrapper._wsgi_dbpool = Record(self)  # record.RECORD_ATTR
+        # Around every statement, outside the user's execute_wrappers (which stay as
+        # Django's own: empty unless the user adds one); the failover watch first, so
+        # it sees every error.
+        record.hooks.append(failover.watch)
         if self._watch_session is None:
             self._watch_session = (
                 session_state.watcher(wrapper.vendor, self.settings.session_state) or False
             )
         if self._watch_session:
-            wrapper.execute_wrappers.insert(1, self._watch_session)
+            record.hooks.append(self._watch_session)
+        hook_cursors(wrapper)
         return wrapper
 
     def _timed(self, wrapper: Wrapper) -> Any:
@@ -363,6 +366,7 @@ class AliasPool:
         record: Record = wrapper._wsgi_dbpool
         record.holder = None
         wrapper.rollback_exc = None  # the holder's; a new thread's wrapper has none
+        wrapper.savepoint_state = 0  # numbers the holder's savepoints; a new one's from 0
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("return %r: connection %s", self.alias, connection_label(wrapper))
         if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters: not on

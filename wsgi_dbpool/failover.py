@@ -5,7 +5,8 @@ node, which answers pings but refuses writes; after a PostgreSQL switchover the 
 primary shuts sessions down. The error must be noted when the statement fails: at
 the end of the request Django pings a connection that had an error and forgets the
 error if the ping works, which a read-only server's does. So pooled wrappers carry
-:func:`watch`, a Django ``execute_wrapper`` (the public per-connection hook), which
+:func:`watch`, a statement hook shaped as a Django ``execute_wrapper`` (run around the
+user's ``execute_wrappers``, not in that list: see ``_internals.hook_cursors``), which
 writes the reason on the wrapper; the return-path verdict then closes that
 connection and the alias's idle ones (see :mod:`wsgi_dbpool.verdict`). The reason is
 kept in the wrapper's record (:mod:`wsgi_dbpool.record`).
@@ -33,7 +34,7 @@ def failover_error(exc: BaseException) -> str | None:
 def watch(
     execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
 ) -> Any:
-    """Django ``execute_wrapper``: note a failover error on the wrapper, then re-raise."""
+    """Statement hook: note a failover error on the wrapper, then re-raise."""
     try:
         return execute(sql, params, many, context)
     except Exception as exc:

@@ -107,7 +107,7 @@ class Front:
         if self.per_transaction:
             # Outermost, so that the failover watch inside it has noted an error on the
             # front before the statement's end detaches (and hands the note on).
-            wrapper.execute_wrappers.insert(0, self._around_statement)
+            record_of(wrapper).hooks.insert(0, self._around_statement)
         return wrapper
 
     # -- attach / detach --------------------------------------------------------------
@@ -135,7 +135,8 @@ class Front:
         wrapper.autocommit = carrier.autocommit
         wrapper.needs_rollback = False
         wrapper.closed_in_transaction = False
-        wrapper.errors_occurred = False
+        record.errors = wrapper.errors_occurred  # the work's: shown again after the detach
+        wrapper.errors_occurred = False  # this connection's, as connect() starts it
         wrapper.health_check_done = True  # checked by the pool (ping_after), not per attach
         record.ran = False  # nothing of this work on this connection yet
         if record.copied_from is not carrier:  # once per pair: it is per alias
@@ -209,16 +210,19 @@ class Front:
         _internals.keep_server_caches(wrapper, carrier)
         if record.failover is not None or record.session is not None:
             self._hand_on_notes(record, record_of(carrier))
+        errors = wrapper.errors_occurred
         if (
             wrapper.in_atomic_block
-            or wrapper.errors_occurred
+            or errors
             or wrapper.closed_in_transaction
             or wrapper.autocommit != carrier.autocommit
         ):
             # The verdict reads these flags: let the carrier tell it the truth.
             _internals.copy_transaction_state(wrapper, carrier)
         wrapper.connection = None
-        wrapper.errors_occurred = False
+        # Django keeps errors_occurred up to the end of the request: so does the front
+        # (the verdict has judged this connection's; the next attachment starts afresh).
+        wrapper.errors_occurred = errors or record.errors
         carrier._wsgi_dbpool.borrower = None
         self.alias_pool.checkin(carrier, broken, trouble)
 
@@ -255,7 +259,8 @@ class Front:
     def _around_statement(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
     ) -> Any:
-        """Django execute wrapper (per transaction): attach before, detach after."""
+        """Statement hook, execute_wrapper-shaped (per transaction): attach before, detach
+        after."""
         wrapper = context["connection"]
         cursor = context["cursor"]
         driver = cursor.cursor
@@ -405,6 +410,9 @@ def _reset_work_state(wrapper: Any) -> None:
     ):
         _internals.reset_transaction_state(wrapper)
     wrapper.rollback_exc = None
+    wrapper.savepoint_state = 0  # as on a new thread's wrapper (it numbers savepoints)
+    wrapper.close_at = None  # no connection: none to expire
+    record_of(wrapper).errors = False
     wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
     if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters
         wrapper.queries_log.clear()

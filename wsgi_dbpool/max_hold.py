@@ -87,7 +87,8 @@ class Revocation:
     def refuse_statement(
         self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
     ) -> Any:
-        """Django ``execute_wrapper``, put first on a revoked wrapper: no statement runs."""
+        """Statement hook (execute_wrapper-shaped), put first on a revoked wrapper: no
+        statement runs."""
         from django.db.utils import OperationalError
 
         error = self.error()
@@ -261,13 +262,13 @@ class MaxHold:
             raise error()
 
         carrier.connect = refuse_connect
-        carrier.execute_wrappers.insert(0, revocation.refuse_statement)
+        record.hooks.insert(0, revocation.refuse_statement)
         if raw is not None:
             carrier.connection = stand_in
         if front is not None:
             if front.connection is raw:
                 front.connection = stand_in
-            front.execute_wrappers.insert(0, revocation.refuse_statement)
+            record_of(front).hooks.insert(0, revocation.refuse_statement)
         record.revoked = revocation
         return revocation
 
@@ -365,7 +366,7 @@ class MaxHold:
         front = revocation.front
         if front is not None:
             try:
-                front.execute_wrappers.remove(revocation.refuse_statement)
+                record_of(front).hooks.remove(revocation.refuse_statement)
             except ValueError:
                 pass
         if raw is not None:

@@ -34,14 +34,17 @@ class Record:
     """What the pool keeps about one pooled wrapper (a carrier, or a front)."""
 
     __slots__ = (
-        "borrower", "carrier", "copied_from", "expires", "failover", "front", "hold_token",
-        "holder", "open", "opened_at", "pool", "ran", "revoked", "session", "setup", "taken",
-        "work",
+        "borrower", "carrier", "copied_from", "errors", "expires", "failover", "front",
+        "hold_token", "holder", "hooks", "open", "opened_at", "pool", "ran", "revoked", "session", "setup",
+        "taken", "work",
     )
 
     def __init__(self, pool: Owner) -> None:
         self.pool = pool  # the alias pool that made the wrapper
         self.holder: int | None = None  # the ident of the greenlet holding it
+        # The pool's own statement hooks, Django execute_wrapper-shaped, run around the
+        # user's ``execute_wrappers`` (which they stay out of): see _internals.hook_cursors.
+        self.hooks: list[Any] = []
         # The server connection: opened and not yet seen closed; when (monotonic); when it
         # reaches its max_lifetime (None: no limit); when it was last checked out.
         self.open = False
@@ -62,6 +65,9 @@ class Record:
         self.work: Work | None = None
         self.copied_from: Any = None
         self.hold_token = -1
+        # A front's errors_occurred from before its attachment (the work's, which Django
+        # keeps until the request ends): shown again once the attachment's own is judged.
+        self.errors = False
         # A carrier's: the front wrapper borrowing it now (None: its holder uses it itself),
         # and, once max_hold took it back, its max_hold.Revocation until the holder returns it.
         self.borrower: Any = None

@@ -165,8 +165,9 @@ CLASSIFIERS = {
 
 
 def watcher(vendor: str, mode: SessionStateMode) -> Any:
-    """The execute wrapper that watches the pooled wrappers of one alias; None: nothing to
-    watch (``"ignore"``, or a backend with no session reset, such as SQLite)."""
+    """The statement hook (execute_wrapper-shaped) that watches the pooled wrappers of one
+    alias; None: nothing to watch (``"ignore"``, or a backend with no session reset, such as
+    SQLite)."""
     classify = CLASSIFIERS.get(vendor)
     if classify is None or mode == "ignore":
         return None
