@@ -147,13 +147,16 @@ def test_found_rows_after_sql_calc_found_rows_is_ones_own_in_every_mode(make_app
     assert answers == [{"found": i % 4 + 1} for i in range(12)]
 
 
-def test_a_reader_first_on_a_kept_connection_is_refused(make_app, db, hold):
+@pytest.mark.parametrize(
+    "reader", ["SELECT LAST_INSERT_ID()", "SELECT @@identity", "select @@SESSION.last_insert_id"]
+)
+def test_a_reader_first_on_a_kept_connection_is_refused(make_app, db, hold, reader):
     # The previous request's id is still on the connection: read first, it would be theirs.
     def view(environ: dict[str, Any]) -> Any:
         if environ["PATH_INFO"] == "/insert":
             _one("default", "INSERT INTO items (name) VALUES ('theirs')")
             return {"id": _one("default", "SELECT CONNECTION_ID()")}
-        return {"last": _one("default", "SELECT LAST_INSERT_ID()")}
+        return {"last": _one("default", reader)}
 
     app = _app(make_app, view, "default", hold=hold, size=1, max_outstanding=1)
     _get(app, "/insert")
@@ -210,14 +213,14 @@ def test_temporary_tables_and_variables_are_never_seen_by_another_request(make_a
         leave = ["SET @secret = 'from A'", "CREATE TEMPORARY TABLE scratch (x INT)"]
         probe = {"variable": "SELECT @secret", "same": "SELECT CONNECTION_ID()"}
     else:
-        leave = ["SET myapp.secret = 'from A'", "CREATE TEMPORARY TABLE scratch (x INT)"]
+        leave = ["SET myapp.secret = 'from A'", "CREATE TEMPORARY TABLE scratch (x INT)",
+                 "SELECT 1 AS x INTO TEMP scratch"]
         probe = {"variable": "SELECT NULLIF(current_setting('myapp.secret', true), '')",
                  "same": "SELECT pg_backend_pid()"}
 
     def view(environ: dict[str, Any]) -> Any:
-        if environ["PATH_INFO"] == "/a":
-            for sql in leave:
-                _one(alias, sql)
+        if environ["PATH_INFO"].startswith("/a"):
+            _one(alias, leave[int(environ["PATH_INFO"][2:])])
             return {"same": _one(alias, probe["same"])}
         seen = {name: _one(alias, sql) for name, sql in probe.items()}
         try:
@@ -227,10 +230,56 @@ def test_temporary_tables_and_variables_are_never_seen_by_another_request(make_a
         return seen
 
     app = _app(make_app, view, alias, hold=hold, size=1, max_outstanding=1)
+    for i, statement in enumerate(leave):  # one at a time: each must be seen on its own
+        a = _get(app, f"/a{i}")
+        b = _get(app, "/b")
+        assert b["same"] == a["same"]  # the same server connection, its session reset
+        assert (b["variable"], b["table"]) == (None, "absent"), statement
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize(
+    "statement",
+    ["# why\nSET @secret = 'from A'", "/*!40101 SET @secret = 'from A' */",
+     "/*M!100100 SET @secret = 'from A' */", "/* why */ -- and\n  sEt\t@secret='from A'"],
+    ids=["hash-comment", "executable-comment", "mariadb-executable-comment", "comments-mixed-case"],
+)
+def test_session_state_behind_comments_is_seen(make_app, db, hold, statement):
+    # MySQL runs what follows '#' on the next line, and the text of /*! ... */ comments.
+    def view(environ: dict[str, Any]) -> Any:
+        if environ["PATH_INFO"] == "/a":
+            _one("default", statement)
+        return {"secret": _one("default", "SELECT @secret"), "id": _one("default", "SELECT CONNECTION_ID()")}
+
+    app = _app(make_app, view, "default", hold=hold, size=1, max_outstanding=1)
     a = _get(app, "/a")
     b = _get(app, "/b")
-    assert b["same"] == a["same"]  # the same server connection, its session reset
-    assert (b["variable"], b["table"]) == (None, "absent")
+    assert a["secret"] == "from A" and a["id"] == b["id"]  # it ran; the same server connection
+    assert b["secret"] is None
+
+
+@pytest.mark.postgresql
+def test_a_reader_after_its_setter_in_one_text_is_ones_own(make_app, pg_db, hold):
+    # psycopg sends several statements in one execute(): the reader runs where its INSERT ran.
+    def view(environ: dict[str, Any]) -> Any:
+        marker = environ["PATH_INFO"].strip("/")
+        with _cursor("pg") as cursor:
+            if marker == "select-first":
+                cursor.execute("SELECT 1; SELECT currval('items_id_seq')")
+                return {"id": cursor.fetchone()[0]}
+            cursor.execute(
+                "INSERT INTO items (name) VALUES (%s); SELECT currval('items_id_seq')", [marker])
+            cursor.nextset()  # the SELECT's result
+            new_id = cursor.fetchone()[0]
+            gevent.sleep(0.001)
+            cursor.execute("SELECT name FROM items WHERE id = %s", [new_id])
+            return {"name": cursor.fetchone()[0]}
+
+    app = _app(make_app, view, "pg", hold=hold, size=3, max_outstanding=3)
+    answers = _concurrently(app, [f"/m{i}" for i in range(30)])
+    assert answers == [{"name": f"m{i}"} for i in range(30)]
+    # A statement before it that does not set it: the value would still be another's.
+    assert "transaction.atomic()" in _get(app, "/select-first")["refused"]
 
 
 # -- 4. USE, SET NAMES, LOCK TABLES, SET SESSION: the next request sees a fresh session ------
