@@ -45,7 +45,7 @@ def test_long_hold_is_warned_once_while_the_request_runs(make_app, db, caplog):
 # -- quiet at the cap ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hold", ["lazy", "transaction"])
+@pytest.mark.parametrize("hold", ["request", "lazy", "transaction"])
 def test_503s_at_the_cap_log_one_line_and_no_django_500(make_app, db, hold, caplog, monkeypatch):
     from wsgi_dbpool import quiet
 

@@ -374,6 +374,43 @@ def test_transaction_hold_pins_the_work_that_sets_session_state(make_app, db, ca
     assert len(warnings) == 1 and "GET /pin" in warnings[0] and "SET" in warnings[0]
 
 
+def test_the_pinned_warning_is_once_per_view_not_per_path(make_app, db, caplog):
+    app = make_app(hold="transaction", size=2, max_outstanding=2)
+    with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+        for n in range(4):  # one view (run/<int:n>/), four paths
+            assert call(app, f"/run/{n}/?sql=SET @x = 1")[0].startswith("200")
+    warnings = [r.getMessage() for r in caplog.records if "hold='transaction'" in r.getMessage()]
+    assert len(warnings) == 1 and "GET /run/0/" in warnings[0], warnings
+    assert app.stats()["default"]["pinned"] == 4
+
+
+def test_the_pinned_warning_is_once_per_task_not_per_run(django_site, db, caplog):
+    from celery import Celery
+    from django.db import connection
+
+    from wsgi_dbpool.celery import pool_tasks
+
+    celery_app = Celery("tests.pinned")
+    pool = pool_tasks(celery_app, aliases=["default"], hold="transaction", size=1)
+
+    @celery_app.task(name="tests.pinned.keeps_a_variable")
+    def keeps_a_variable() -> Any:
+        with connection.cursor() as cursor:
+            cursor.execute("SET @t = CONNECTION_ID()")
+            cursor.execute("SELECT @t = CONNECTION_ID()")
+            return cursor.fetchone()[0]
+
+    pool.wrap_tasks()
+    try:
+        with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+            assert [keeps_a_variable.apply().get() for _ in range(3)] == [1, 1, 1]
+    finally:
+        pool.close()
+    warnings = [r.getMessage() for r in caplog.records if "hold='transaction'" in r.getMessage()]
+    assert len(warnings) == 1 and "task tests.pinned.keeps_a_variable" in warnings[0], warnings
+    assert pool.stats()["default"]["pinned"] == 3
+
+
 # -- 6. the knob: "raise" refuses, "ignore" is the old behaviour ----------------------------
 
 
