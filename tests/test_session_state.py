@@ -459,6 +459,20 @@ LEAVES_STATE = [
     "CREATE TEMPORARY TABLE scratch_a (x INT)", "CREATE OR REPLACE TEMPORARY TABLE scratch_b (x INT)",
     "PREPARE p FROM 'SELECT 1'", "/* a comment */ SET @y = 2", "set @z = 3",
 ]
+# Not session state, though they look like it (a table named temp; a reader after its setter).
+LOOK_ALIKE_POSTGRES = [
+    "INSERT INTO temp (x) VALUES (1)", "insert into temporary select 1",
+    "INSERT INTO items (name) VALUES ('x'); SELECT currval('items_id_seq')",
+    "SELECT nextval('items_id_seq'); SELECT currval('items_id_seq')",
+]
+
+
+def test_look_alikes_are_not_session_state():
+    from wsgi_dbpool.session_state import CLASSIFIERS
+
+    assert [sql for sql in LOOK_ALIKE_POSTGRES if CLASSIFIERS["postgresql"].classify(sql)] == []
+
+
 EVERYDAY = [
     "SELECT 1", "SELECT name FROM items WHERE id = 1", "INSERT INTO items (name) VALUES ('e')",
     "UPDATE items SET name = 'f' WHERE id = -1", "DELETE FROM items WHERE id = -1", "BEGIN",

@@ -169,18 +169,23 @@ class Classifier:
             match = self._start.match(statement)
             if match is not None:
                 groups.append(match.lastgroup)
-            if anywhere:
-                found = [m.lastgroup for m in self._anywhere.finditer(statement)]
-                groups += [g for g in found if not _set_before(g, before)]
             lowered = statement.lower()
             words = lowered.split(None, 1)
-            before.append(words[0] if words else "")
+            first = words[0] if words else ""
+            if anywhere:
+                found = [m.lastgroup for m in self._anywhere.finditer(statement)]
+                groups += [g for g in found if not _set_before(g, before, first)]
+            before.append(first)
             if "nextval" in lowered:  # SELECT nextval(...) before: it sets currval()
                 before.append("nextval")
         return groups
 
 
-def _set_before(group: str | None, before: list[str]) -> bool:
+def _set_before(group: str | None, before: list[str], first: str) -> bool:
+    """True for a reader after a statement that set what it reads, and for ``INTO TEMP`` in
+    an ``INSERT`` (``INSERT INTO temp ...``: a table named temp)."""
+    if group == "into_temporary":
+        return first == "insert"
     setters = _READERS.get(group or "")
     return setters is not None and any(word in setters for word in before)
 
