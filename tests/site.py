@@ -126,7 +126,7 @@ def twice(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"pid": os.getpid(), "first": first, "second": _one("SELECT CONNECTION_ID()")})
 
 
-def run(request: HttpRequest) -> HttpResponse:
+def run(request: HttpRequest, n: int = 0) -> HttpResponse:
     """Runs each ``sql`` parameter in order (the state-changing SQL of the clean-state
     tests), and answers with what the last one returned and the connection's id."""
     alias = _alias(request)
@@ -264,6 +264,7 @@ def b_stream(request: HttpRequest) -> StreamingHttpResponse:
 urlpatterns = [
     path("b/id/", b_id),
     path("run/", run),
+    path("run/<int:n>/", run),  # one view, many paths
     path("io/", io),
     path("marked/", marked_transaction),
     path("insert/", insert),

@@ -7,7 +7,7 @@ import logging
 import gevent
 import pytest
 
-from tests.helpers import get, serve, wait_until
+from tests.helpers import call, get, serve, wait_until
 
 
 def test_creation_is_logged_with_its_settings(make_app, caplog):
@@ -45,7 +45,7 @@ def test_long_hold_is_warned_once_while_the_request_runs(make_app, db, caplog):
 # -- quiet at the cap ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hold", ["lazy", "transaction"])
+@pytest.mark.parametrize("hold", ["request", "lazy", "transaction"])
 def test_503s_at_the_cap_log_one_line_and_no_django_500(make_app, db, hold, caplog, monkeypatch):
     from wsgi_dbpool import quiet
 
@@ -72,3 +72,23 @@ def test_503s_at_the_cap_log_one_line_and_no_django_500(make_app, db, hold, capl
     django = [r for r in caplog.records if r.name == "django.request"]
     assert [r.getMessage() for r in django] == ["Internal Server Error: /boom/"]
     assert django[0].exc_info is not None and isinstance(django[0].exc_info[1], ValueError)
+
+
+@pytest.mark.parametrize("hold", ["lazy", "transaction"])
+def test_503s_while_the_database_is_unreachable_log_no_django_500(make_app, db, fault_proxy, hold, caplog):
+    # fail_fast: the breaker answers 503 at once inside the view; that is no real 500 either.
+    app = make_app(aliases=["proxied_plain"], hold=hold)
+    try:
+        assert call(app, "/id/?alias=proxied_plain")[0].startswith("200")
+        app.close()  # the next request must connect: through the proxy, now refusing
+        fault_proxy.set_mode("reset")
+        with caplog.at_level(logging.WARNING):
+            first = call(app, "/id/?alias=proxied_plain")[0]  # the connect fails: the breaker opens
+            wait_until(lambda: app.stats()["proxied_plain"]["breaker_open"] == 1, what="the breaker open")
+            refused = [call(app, "/id/?alias=proxied_plain")[0] for _ in range(5)]
+    finally:
+        fault_proxy.set_mode("pass")
+    assert [status[:3] for status in refused] == ["503"] * 5, (first, refused)
+    django = [r for r in caplog.records if r.name == "django.request"]
+    # At most the first request's, whose connect failed for real; none for the breaker's 503s.
+    assert len(django) <= 1, [r.getMessage() for r in django]

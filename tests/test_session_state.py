@@ -147,13 +147,16 @@ def test_found_rows_after_sql_calc_found_rows_is_ones_own_in_every_mode(make_app
     assert answers == [{"found": i % 4 + 1} for i in range(12)]
 
 
-def test_a_reader_first_on_a_kept_connection_is_refused(make_app, db, hold):
+@pytest.mark.parametrize(
+    "reader", ["SELECT LAST_INSERT_ID()", "SELECT @@identity", "select @@SESSION.last_insert_id"]
+)
+def test_a_reader_first_on_a_kept_connection_is_refused(make_app, db, hold, reader):
     # The previous request's id is still on the connection: read first, it would be theirs.
     def view(environ: dict[str, Any]) -> Any:
         if environ["PATH_INFO"] == "/insert":
             _one("default", "INSERT INTO items (name) VALUES ('theirs')")
             return {"id": _one("default", "SELECT CONNECTION_ID()")}
-        return {"last": _one("default", "SELECT LAST_INSERT_ID()")}
+        return {"last": _one("default", reader)}
 
     app = _app(make_app, view, "default", hold=hold, size=1, max_outstanding=1)
     _get(app, "/insert")
@@ -210,14 +213,14 @@ def test_temporary_tables_and_variables_are_never_seen_by_another_request(make_a
         leave = ["SET @secret = 'from A'", "CREATE TEMPORARY TABLE scratch (x INT)"]
         probe = {"variable": "SELECT @secret", "same": "SELECT CONNECTION_ID()"}
     else:
-        leave = ["SET myapp.secret = 'from A'", "CREATE TEMPORARY TABLE scratch (x INT)"]
+        leave = ["SET myapp.secret = 'from A'", "CREATE TEMPORARY TABLE scratch (x INT)",
+                 "SELECT 1 AS x INTO TEMP scratch"]
         probe = {"variable": "SELECT NULLIF(current_setting('myapp.secret', true), '')",
                  "same": "SELECT pg_backend_pid()"}
 
     def view(environ: dict[str, Any]) -> Any:
-        if environ["PATH_INFO"] == "/a":
-            for sql in leave:
-                _one(alias, sql)
+        if environ["PATH_INFO"].startswith("/a"):
+            _one(alias, leave[int(environ["PATH_INFO"][2:])])
             return {"same": _one(alias, probe["same"])}
         seen = {name: _one(alias, sql) for name, sql in probe.items()}
         try:
@@ -227,10 +230,56 @@ def test_temporary_tables_and_variables_are_never_seen_by_another_request(make_a
         return seen
 
     app = _app(make_app, view, alias, hold=hold, size=1, max_outstanding=1)
+    for i, statement in enumerate(leave):  # one at a time: each must be seen on its own
+        a = _get(app, f"/a{i}")
+        b = _get(app, "/b")
+        assert b["same"] == a["same"]  # the same server connection, its session reset
+        assert (b["variable"], b["table"]) == (None, "absent"), statement
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize(
+    "statement",
+    ["# why\nSET @secret = 'from A'", "/*!40101 SET @secret = 'from A' */",
+     "/*M!100100 SET @secret = 'from A' */", "/* why */ -- and\n  sEt\t@secret='from A'"],
+    ids=["hash-comment", "executable-comment", "mariadb-executable-comment", "comments-mixed-case"],
+)
+def test_session_state_behind_comments_is_seen(make_app, db, hold, statement):
+    # MySQL runs what follows '#' on the next line, and the text of /*! ... */ comments.
+    def view(environ: dict[str, Any]) -> Any:
+        if environ["PATH_INFO"] == "/a":
+            _one("default", statement)
+        return {"secret": _one("default", "SELECT @secret"), "id": _one("default", "SELECT CONNECTION_ID()")}
+
+    app = _app(make_app, view, "default", hold=hold, size=1, max_outstanding=1)
     a = _get(app, "/a")
     b = _get(app, "/b")
-    assert b["same"] == a["same"]  # the same server connection, its session reset
-    assert (b["variable"], b["table"]) == (None, "absent")
+    assert a["secret"] == "from A" and a["id"] == b["id"]  # it ran; the same server connection
+    assert b["secret"] is None
+
+
+@pytest.mark.postgresql
+def test_a_reader_after_its_setter_in_one_text_is_ones_own(make_app, pg_db, hold):
+    # psycopg sends several statements in one execute(): the reader runs where its INSERT ran.
+    def view(environ: dict[str, Any]) -> Any:
+        marker = environ["PATH_INFO"].strip("/")
+        with _cursor("pg") as cursor:
+            if marker == "select-first":
+                cursor.execute("SELECT 1; SELECT currval('items_id_seq')")
+                return {"id": cursor.fetchone()[0]}
+            cursor.execute(
+                "INSERT INTO items (name) VALUES (%s); SELECT currval('items_id_seq')", [marker])
+            cursor.nextset()  # the SELECT's result
+            new_id = cursor.fetchone()[0]
+            gevent.sleep(0.001)
+            cursor.execute("SELECT name FROM items WHERE id = %s", [new_id])
+            return {"name": cursor.fetchone()[0]}
+
+    app = _app(make_app, view, "pg", hold=hold, size=3, max_outstanding=3)
+    answers = _concurrently(app, [f"/m{i}" for i in range(30)])
+    assert answers == [{"name": f"m{i}"} for i in range(30)]
+    # A statement before it that does not set it: the value would still be another's.
+    assert "transaction.atomic()" in _get(app, "/select-first")["refused"]
 
 
 # -- 4. USE, SET NAMES, LOCK TABLES, SET SESSION: the next request sees a fresh session ------
@@ -325,6 +374,43 @@ def test_transaction_hold_pins_the_work_that_sets_session_state(make_app, db, ca
     assert len(warnings) == 1 and "GET /pin" in warnings[0] and "SET" in warnings[0]
 
 
+def test_the_pinned_warning_is_once_per_view_not_per_path(make_app, db, caplog):
+    app = make_app(hold="transaction", size=2, max_outstanding=2)
+    with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+        for n in range(4):  # one view (run/<int:n>/), four paths
+            assert call(app, f"/run/{n}/?sql=SET @x = 1")[0].startswith("200")
+    warnings = [r.getMessage() for r in caplog.records if "hold='transaction'" in r.getMessage()]
+    assert len(warnings) == 1 and "GET /run/0/" in warnings[0], warnings
+    assert app.stats()["default"]["pinned"] == 4
+
+
+def test_the_pinned_warning_is_once_per_task_not_per_run(django_site, db, caplog):
+    from celery import Celery
+    from django.db import connection
+
+    from wsgi_dbpool.celery import pool_tasks
+
+    celery_app = Celery("tests.pinned")
+    pool = pool_tasks(celery_app, aliases=["default"], hold="transaction", size=1)
+
+    @celery_app.task(name="tests.pinned.keeps_a_variable")
+    def keeps_a_variable() -> Any:
+        with connection.cursor() as cursor:
+            cursor.execute("SET @t = CONNECTION_ID()")
+            cursor.execute("SELECT @t = CONNECTION_ID()")
+            return cursor.fetchone()[0]
+
+    pool.wrap_tasks()
+    try:
+        with caplog.at_level(logging.WARNING, logger="wsgi_dbpool"):
+            assert [keeps_a_variable.apply().get() for _ in range(3)] == [1, 1, 1]
+    finally:
+        pool.close()
+    warnings = [r.getMessage() for r in caplog.records if "hold='transaction'" in r.getMessage()]
+    assert len(warnings) == 1 and "task tests.pinned.keeps_a_variable" in warnings[0], warnings
+    assert pool.stats()["default"]["pinned"] == 3
+
+
 # -- 6. the knob: "raise" refuses, "ignore" is the old behaviour ----------------------------
 
 
@@ -373,6 +459,20 @@ LEAVES_STATE = [
     "CREATE TEMPORARY TABLE scratch_a (x INT)", "CREATE OR REPLACE TEMPORARY TABLE scratch_b (x INT)",
     "PREPARE p FROM 'SELECT 1'", "/* a comment */ SET @y = 2", "set @z = 3",
 ]
+# Not session state, though they look like it (a table named temp; a reader after its setter).
+LOOK_ALIKE_POSTGRES = [
+    "INSERT INTO temp (x) VALUES (1)", "insert into temporary select 1",
+    "INSERT INTO items (name) VALUES ('x'); SELECT currval('items_id_seq')",
+    "SELECT nextval('items_id_seq'); SELECT currval('items_id_seq')",
+]
+
+
+def test_look_alikes_are_not_session_state():
+    from wsgi_dbpool.session_state import CLASSIFIERS
+
+    assert [sql for sql in LOOK_ALIKE_POSTGRES if CLASSIFIERS["postgresql"].classify(sql)] == []
+
+
 EVERYDAY = [
     "SELECT 1", "SELECT name FROM items WHERE id = 1", "INSERT INTO items (name) VALUES ('e')",
     "UPDATE items SET name = 'f' WHERE id = -1", "DELETE FROM items WHERE id = -1", "BEGIN",

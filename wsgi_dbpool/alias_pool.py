@@ -497,10 +497,11 @@ class AliasPool:
             return self.pool.create_replacement()
         return wrapper
 
-    def warn_pinned(self, where: str, label: str) -> None:
-        """Under hold="transaction", once per kind and unit-of-work label."""
+    def warn_pinned(self, where: str, label: str, kind: str) -> None:
+        """Under hold="transaction", once per statement kind and kind of work (a view, a
+        task: :func:`front._kind_of`); ``where`` names this one."""
         self._warn_once(
-            f"pinned {label} {where}",
+            f"pinned {label} {kind}",
             "%s: %s leaves state on the session of its connection of %r, so under "
             "hold='transaction' this unit of work keeps that connection to its end, and the "
             "session is reset on return. Counted in stats()['pinned']; to share the connection "

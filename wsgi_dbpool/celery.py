@@ -99,7 +99,9 @@ class TaskPool(Steering):
         try:
             # Watched (hold_warning) from when the connections are held, not from when it
             # queued: by the lease under hold="request", by the fronts otherwise.
-            with core.checkout(name=f"task {task.name}[{task.request.id}]", watched=True):
+            with core.checkout(
+                name=f"task {task.name}[{task.request.id}]", kind=f"task {task.name}", watched=True
+            ):
                 try:
                     return run(*args, **kwargs)
                 except _interruptions() as exc:

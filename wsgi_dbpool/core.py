@@ -96,13 +96,15 @@ class DjangoPool(Knobs):
         timeout: float | EllipsisType | None = ...,
         *,
         name: str | None = None,
+        kind: str | None = None,
         watched: bool = False,
     ) -> Iterator[None]:
         """Bind pooled connections in the calling greenlet for the ``with`` block
-        (see :meth:`PoolingMiddleware.checkout`); ``name``: the work's label in the logs."""
+        (see :meth:`PoolingMiddleware.checkout`); ``name``: the work's label in the logs;
+        ``kind``: what a once-per-kind warning keys on (default: the name)."""
         wait = self.settings.timeout if timeout is ... else timeout
         check_seconds("timeout", wait)
-        work = Work(wait, None, name)
+        work = Work(wait, None, name, kind)
         lease = self.lease(work, watched=watched)
         try:
             yield

@@ -239,7 +239,7 @@ class Front:
             if self.per_transaction:  # the work was pinned to this connection
                 work = record.work
                 where = work.label if work is not None else "work outside a request"
-                self.alias_pool.warn_pinned(where, session)
+                self.alias_pool.warn_pinned(where, session, _kind_of(work) or where)
 
     def detach_if_idle(self, wrapper: Any) -> None:
         """Detach when no transaction is open and no result is being read (per transaction),
@@ -446,3 +446,19 @@ def _would_wait_for_its_spawner(front: Front) -> bool:
     if front.per_transaction or not front.holding:
         return False
     return _concurrency.spawner_ident() in front.holding
+
+
+def _kind_of(work: Work | None) -> str | None:
+    """What a once-per-kind warning keys on: a task, not its run; a request's view, not its
+    path (``/items/1/`` and ``/items/2/`` are one view). Resolved only for a pinned work,
+    which pays a session reset anyway; None: use the label."""
+    if work is None or work.kind is not None or work.environ is None:
+        return None if work is None else work.kind
+    from django.urls import resolve
+
+    environ = work.environ
+    try:
+        view = resolve(environ.get("PATH_INFO") or "/").view_name
+    except Exception:  # Resolver404, or a URLconf that cannot load here: the path, then
+        return None
+    return f"{environ.get('REQUEST_METHOD')} {view}"

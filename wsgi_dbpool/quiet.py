@@ -9,10 +9,12 @@ logs (and an error tracker fed by them):
 - with ``hold="lazy"``/``"transaction"``, the wait that times out runs inside the view,
   so the :class:`~wsgi_dbpool.PoolTimeout` escapes it and Django logs
   ``Internal Server Error`` with a traceback on ``django.request`` before the middleware
-  replaces its 500 by the 503. :class:`DropAnswered503` is a :class:`logging.Filter` on
-  that logger (Python's and Django's documented seam) that drops exactly those records:
-  the exception is the very ``PoolTimeout`` the request's wait raised, and the record is
-  Django's 500 for it. Every other record, real 500s included, goes through.
+  replaces its 500 by the 503 (so does ``fail_fast``'s
+  :class:`~wsgi_dbpool.DatabaseUnavailable`, while the breaker is open).
+  :class:`DropAnswered503` is a :class:`logging.Filter` on that logger (Python's and
+  Django's documented seam) that drops exactly those records: the exception is the very
+  ``PoolError`` the request's wait raised, and the record is Django's 500 for it. Every
+  other record, real 500s included, goes through.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import _concurrency
-from .errors import PoolTimeout
+from .errors import PoolError, PoolTimeout
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -61,12 +63,13 @@ class UnavailableLog:
 
 
 class DropAnswered503(logging.Filter):
-    """On ``django.request``: drops Django's 500 record for a ``PoolTimeout`` the
-    middleware answers with a 503 instead."""
+    """On ``django.request``: drops Django's 500 record for a ``PoolTimeout`` (or, with
+    ``fail_fast``'s breaker open, a ``DatabaseUnavailable``) the middleware answers with a
+    503 instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, PoolTimeout) or getattr(record, "status_code", None) != 500:
+        if not isinstance(exc, PoolError) or getattr(record, "status_code", None) != 500:
             return True
         meta = getattr(getattr(record, "request", None), "META", None)
         work: Any = meta.get(WORK_KEY) if isinstance(meta, dict) else None

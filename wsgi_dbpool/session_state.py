@@ -14,7 +14,8 @@ ORM statements repeat):
   ``reset="session"``), and under ``hold="transaction"`` the unit of work keeps the connection
   to its end (*pinned*), so its later statements see what it set;
 - a statement that **reads** what the previous statement left (``LAST_INSERT_ID()``,
-  ``FOUND_ROWS()``, ``ROW_COUNT()``; PostgreSQL ``currval()``, ``lastval()``) is refused with
+  ``@@identity``, ``FOUND_ROWS()``, ``ROW_COUNT()``; PostgreSQL ``currval()``, ``lastval()``;
+  not after a statement of its own text that set it) is refused with
   :class:`~wsgi_dbpool.SessionStateError` when it would be the first statement of its work on
   that connection: the value would be another request's. Under ``hold="transaction"`` that is
   every such read outside ``atomic()`` in a work not pinned: the INSERT that set the id ran on
@@ -50,8 +51,11 @@ from .settings import SessionStateMode
 # comments; and what it calls anywhere. Named groups: the ones in _READERS read state, the
 # others set it. The second pattern runs only on a text that holds one of its needles.
 _START = r"(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*"
+# MySQL also ends a comment at the line's end after '#', and runs the text of a
+# /*! ... */ (MariaDB: /*M! ... */) comment: its statement starts inside it.
+_MYSQL_COMMENTS = r"(?:/\*M?!\d*\s*|/\*.*?\*/\s*|(?:--|#)[^\n]*\n\s*)*"
 _MYSQL_START = re.compile(
-    r"\s*" + _START + r"(?:"
+    r"\s*" + _MYSQL_COMMENTS + r"(?:"
     r"(?P<set>SET\b(?!\s+(?:TRANSACTION|STATEMENT)\b))"
     r"|(?P<use>USE\b)"
     r"|(?P<lock_tables>LOCK\s+TABLES?\b)"
@@ -67,6 +71,7 @@ _MYSQL_ANYWHERE = re.compile(
     r"|(?P<last_insert_id>LAST_INSERT_ID)\s*\(\s*\)"
     r"|(?P<found_rows>FOUND_ROWS)\s*\(\s*\)"
     r"|(?P<row_count>ROW_COUNT)\s*\(\s*\))"
+    r"|(?P<identity>@@(?:SESSION\.)?(?:IDENTITY|LAST_INSERT_ID)\b)(?!\s*:?=)"
     r"|(?P<user_variable>:=|\bINTO\s+@)",
     re.IGNORECASE,
 )
@@ -85,10 +90,11 @@ _POSTGRES_ANYWHERE = re.compile(
     r"\b(?:(?P<advisory_lock>PG_(?:TRY_)?ADVISORY_LOCK(?:_SHARED)?)\s*\("
     r"|(?P<set_config>SET_CONFIG)\s*\("
     r"|(?P<currval>CURRVAL)\s*\("
-    r"|(?P<lastval>LASTVAL)\s*\(\s*\))",
+    r"|(?P<lastval>LASTVAL)\s*\(\s*\)"
+    r"|(?P<into_temporary>INTO\s+TEMP(?:ORARY)?)\b)",
     re.IGNORECASE,
 )
-_POSTGRES_NEEDLES = ("advisory_lock", "set_config", "currval", "lastval")
+_POSTGRES_NEEDLES = ("advisory_lock", "set_config", "currval", "lastval", "temp")
 LABELS = {
     "set": "SET", "use": "USE", "lock_tables": "LOCK TABLES",
     "temporary": "CREATE TEMPORARY TABLE", "prepare": "PREPARE", "handler": "HANDLER",
@@ -97,9 +103,16 @@ LABELS = {
     "last_insert_id": "LAST_INSERT_ID()", "found_rows": "FOUND_ROWS()", "row_count": "ROW_COUNT()",
     "listen": "LISTEN", "hold_cursor": "DECLARE ... WITH HOLD", "load": "LOAD",
     "advisory_lock": "pg_advisory_lock()", "set_config": "set_config()",
-    "currval": "currval()", "lastval": "lastval()",
+    "currval": "currval()", "lastval": "lastval()", "identity": "@@identity",
+    "into_temporary": "SELECT ... INTO TEMP",
 }
-_READERS = frozenset(("last_insert_id", "found_rows", "row_count", "currval", "lastval"))
+# Each reader, and the first words of an earlier statement of the same text that set what it
+# reads there, on the same connection (INSERT ...; SELECT currval(...)): then it is not refused.
+_READERS = {
+    "last_insert_id": ("insert", "replace"), "identity": ("insert", "replace"),
+    "found_rows": ("select",), "row_count": ("insert", "replace", "update", "delete"),
+    "currval": ("insert", "nextval"), "lastval": ("insert", "nextval"),
+}
 
 # (what it sets, what it reads): labels, or None. None for a statement that does neither.
 Kind = tuple["str | None", "str | None"] | None
@@ -146,16 +159,35 @@ class Classifier:
         return sets, reads
 
     def _groups(self, sql: str) -> list[str | None]:
-        """The pattern groups ``sql`` matches: at each statement's start, and anywhere."""
+        """The pattern groups ``sql`` matches, statement by statement: at its start, and
+        anywhere; a reader is left out after an earlier statement that set what it reads."""
         groups: list[str | None] = []
+        low = sql.lower()
+        anywhere = any(needle in low for needle in self._needles)
+        before: list[str] = []  # the first words of the statements before this one
         for statement in sql.split(";") if ";" in sql else (sql,):
             match = self._start.match(statement)
             if match is not None:
                 groups.append(match.lastgroup)
-        low = sql.lower()
-        if any(needle in low for needle in self._needles):
-            groups += [match.lastgroup for match in self._anywhere.finditer(sql)]
+            lowered = statement.lower()
+            words = lowered.split(None, 1)
+            first = words[0] if words else ""
+            if anywhere:
+                found = [m.lastgroup for m in self._anywhere.finditer(statement)]
+                groups += [g for g in found if not _set_before(g, before, first)]
+            before.append(first)
+            if "nextval" in lowered:  # SELECT nextval(...) before: it sets currval()
+                before.append("nextval")
         return groups
+
+
+def _set_before(group: str | None, before: list[str], first: str) -> bool:
+    """True for a reader after a statement that set what it reads, and for ``INTO TEMP`` in
+    an ``INSERT`` (``INSERT INTO temp ...``: a table named temp)."""
+    if group == "into_temporary":
+        return first == "insert"
+    setters = _READERS.get(group or "")
+    return setters is not None and any(word in setters for word in before)
 
 
 CLASSIFIERS = {
