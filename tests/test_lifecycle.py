@@ -168,7 +168,9 @@ def test_hold_and_connect_times_in_stats_and_prometheus(make_app, db):
     # The slow one held at least 0.15 s; a loaded CI machine stretched it past 0.25 s once,
     # so its upper bucket is only bounded far above, and the buckets must be cumulative.
     bounds = sorted(
-        (float(le), value) for (name, le), value in samples.items() if name == "wsgi_dbpool_hold_seconds_bucket"
+        (float(le), value)
+        for (name, le), value in samples.items()
+        if name == "wsgi_dbpool_hold_seconds_bucket"
     )
     assert [value for _, value in bounds] == sorted(value for _, value in bounds)
     assert samples[("wsgi_dbpool_hold_seconds_bucket", "5.0")] == 2

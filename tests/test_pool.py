@@ -525,7 +525,8 @@ def test_max_waiting_turns_the_next_caller_away_at_once_and_nothing_else_changes
     started = time.monotonic()
     with pytest.raises(TooManyWaiting) as caught:
         pool.acquire(DEADLINE)
-    assert time.monotonic() - started < 0.5  # at once, not after the timeout (a loaded CI can stall a process ~0.1 s)
+    # At once, not after the timeout (a loaded CI can stall a process ~0.1 s).
+    assert time.monotonic() - started < 0.5
     assert isinstance(caught.value, PoolTimeout)  # answered like a timeout (503)
     assert "max_waiting" in str(caught.value)
     stats = pool.stats()
