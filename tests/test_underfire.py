@@ -8,6 +8,7 @@ at the proxy, ``PROCESSLIST``, ``CONNECTION_ID()``, the session's own variables)
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from typing import Any
 
@@ -121,11 +122,12 @@ def test_fail_fast_off_keeps_trying_every_connect(make_app, db, proxy):
     assert app.stats()["proxied"]["breaker_open"] == 0
 
 
-def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy):
+def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy, caplog):
     from django.db import connections
 
     from wsgi_dbpool import DatabaseUnavailable
 
+    caplog.set_level(logging.INFO, logger="wsgi_dbpool")
     app = make_app(aliases=["proxied"])
     proxy.set_mode("reset")
     with pytest.raises(Exception) as first, app.checkout():
@@ -142,6 +144,13 @@ def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy):
     with app.checkout():
         connections["proxied"].ensure_connection()
     assert_no_leak(app, db, "proxied")
+    # A WARNING when it opened, an INFO when it closed, once each, naming the alias.
+    ours = [r for r in caplog.records if r.name == "wsgi_dbpool"]
+    opened = [r for r in ours if "'proxied' unreachable" in r.getMessage()]
+    closed = [r for r in ours if "'proxied' reachable again" in r.getMessage()]
+    assert [r.levelno for r in opened] == [logging.WARNING], [r.getMessage() for r in ours]
+    assert [r.levelno for r in closed] == [logging.INFO], [r.getMessage() for r in ours]
+    assert "503" in opened[0].getMessage()
 
 
 def test_too_many_connections_does_not_open_the_breaker(make_app, db):
