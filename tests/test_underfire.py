@@ -313,3 +313,26 @@ def test_resize_applies_to_new_checkouts(make_app, db):
         app.resize(max_outstanding=1)
     stats = app.stats()["default"]
     assert (stats["size"], stats["max_outstanding"]) == (2, 3)
+
+
+def test_shrinking_lets_the_work_in_flight_finish_then_holds_the_new_cap(make_app, db):
+    app = make_app(size=3, max_outstanding=3, timeout=10, linger=0)
+    holders = [gevent.spawn(call, app, "/sleep/500/") for _ in range(3)]
+    wait_until(lambda: app.stats()["default"]["in_use"] == 3, what="three in flight")
+    in_flight = {int(row["id"]) for row in db.processlist("app")}
+    assert len(in_flight) == 3
+    app.resize(size=1, max_outstanding=1)
+    # Nothing in flight is taken back: all three finish on the connections they hold.
+    assert [h.get(timeout=10)[0][:3] for h in holders] == ["200"] * 3
+    assert app.stats()["default"]["taken_back"] == 0
+    # Their returns beyond the new size were closed on the server.
+    wait_until(lambda: db.connection_count("app") <= 1, what="the surplus closed")
+    peak = 0
+    burst = [gevent.spawn(call, app, "/sleep/100/") for _ in range(5)]
+    while not all(job.ready() for job in burst):
+        peak = max(peak, db.connection_count("app"))
+        gevent.sleep(0.01)
+    assert [job.value[0][:3] for job in burst] == ["200"] * 5
+    assert peak <= 1  # the new cap, as the server counts
+    stats = app.stats()["default"]
+    assert (stats["size"], stats["max_outstanding"], stats["in_use"]) == (1, 1, 0)
