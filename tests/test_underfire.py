@@ -175,6 +175,28 @@ def test_too_many_connections_does_not_open_the_breaker(make_app, db):
     assert call(app, "/id/")[0].startswith("200")
 
 
+def test_postgresql_too_many_connections_does_not_open_the_breaker(make_app, pg_db):
+    # psycopg reports no SQLSTATE for a failed connect: the server's FATAL answer ("too
+    # many connections for role") once read as "no answer" and opened the breaker.
+    import psycopg
+
+    from testbed.postgres import PostgresServer as PG
+
+    app = make_app(aliases=["pg"], size=1, max_outstanding=2, timeout=5)
+    pg_db.kill_user("app")
+    hog = psycopg.connect(host=PG.host, port=pg_db.port, dbname=PG.database, user=PG.user,
+                          password=PG.password)
+    pg_db.admin_query("ALTER ROLE app CONNECTION LIMIT 1")
+    try:
+        assert call(app, "/b/id/?alias=pg")[0].startswith("500")  # the server's own answer
+        stats = app.stats()["pg"]
+        assert (stats["breaker_open"], stats["unavailable"]) == (0, 0)
+    finally:
+        pg_db.admin_query("ALTER ROLE app CONNECTION LIMIT -1")
+        hog.close()
+    assert call(app, "/b/id/?alias=pg")[0].startswith("200")  # at once: no breaker to wait out
+
+
 # -- shedding load ------------------------------------------------------------------------
 
 
