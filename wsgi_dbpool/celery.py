@@ -108,11 +108,8 @@ class TaskPool(Steering):
                     raise _CutShort(exc) from None
         except _CutShort as wrapped:
             cut_short = wrapped.exc
-        except PoolTimeout as exc:
-            logger.warning(
-                "task %s[%s] failed: no connection for %r within %.3fs (max_outstanding=%s)",
-                task.name, task.request.id, exc.alias, exc.waited, exc.max_outstanding,
-            )
+        except PoolTimeout as exc:  # the timeout's message, or max_waiting's (TooManyWaiting)
+            logger.warning("task %s[%s] failed: %s", task.name, task.request.id, exc)
             raise
         # Outside the except block, so the traceback shows the task, not our wrapper.
         raise cut_short
