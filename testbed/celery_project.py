@@ -150,3 +150,27 @@ def pool_stats() -> dict[str, object]:
         "stats": pool.stats()["default"] if pool is not None else None,
         "fixup": sorted(name for name in fixup if "DjangoWorkerFixup" in name),
     }
+
+
+@app.task
+def stuck_in_transaction(name: str, seconds: float) -> int:
+    """INSERTs a row inside ``atomic()``, then holds the connection ``seconds`` doing
+    nothing (a task stuck on something else), then one more statement and the commit."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("INSERT INTO app.items (name) VALUES (%s)", [name])
+        time.sleep(seconds)  # cooperative under -P gevent
+        cursor.execute("SELECT CONNECTION_ID()")
+        return int(cursor.fetchone()[0])
+
+
+@app.task
+def insert_item(name: str) -> int:
+    """One row written (autocommit): the pause tests count them on the server."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO app.items (name) VALUES (%s)", [name])
+        cursor.execute("SELECT CONNECTION_ID()")
+        return int(cursor.fetchone()[0])

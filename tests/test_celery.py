@@ -316,3 +316,103 @@ def test_gevent_tasks_per_transaction_share_the_cap_between_their_queries(
     most_at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
     assert most_at_once > cap["max_outstanding"]
     assert stats["checkouts"] >= 80 and stats["timeouts"] == 0
+
+
+# -- under fire: max_hold, and the running workers steered by the command ----------------
+
+
+def _items(server: MariaDBServer, name: str) -> int:
+    return int(server.admin_query("SELECT COUNT(*) FROM app.items WHERE name = %s", [name])[0][0])
+
+
+def _session_ids(server: MariaDBServer) -> set[int]:
+    return {int(row["id"]) for row in server.processlist(USER)}
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("gevent", 10), ("threads", 4)])
+@pytest.mark.slow
+def test_a_task_stuck_past_max_hold_is_taken_back(
+    pool, concurrency, client, server, redis_server, tmp_path
+):
+    settings = {"size": 1, "max_outstanding": 1, "timeout": 30, "max_hold": 1}
+    server.kill_user(USER)
+    worker = CeleryWorker(client, server, redis_server, tmp_path, pool, concurrency, settings)
+    try:
+        name = f"stuck-{uuid.uuid4().hex[:8]}"
+        stuck = worker.send("stuck_in_transaction", name, 8)
+        wait_until(lambda: len(_session_ids(server)) == 1, timeout=20, what="the stuck session")
+        (stuck_session,) = _session_ids(server)
+        # Cap 1: this task is served only once the stuck one's slot is taken back.
+        served = worker.send("connection_id").get(timeout=30)
+        assert not stuck.ready()  # served while the stuck task still holds its wrapper
+        assert served != stuck_session
+        wait_until(lambda: stuck_session not in _session_ids(server), what="the session ended")
+        assert _items(server, name) == 0  # its uncommitted INSERT rolled back with the session
+        with pytest.raises(Exception, match=r"max_hold=1s took back"):
+            stuck.get(timeout=30)  # its next statement was refused
+        assert _items(server, name) == 0  # nothing committed half-way
+        stats = worker.run("pool_stats")["stats"]
+        assert (stats["taken_back"], stats["in_use"], stats["waiting"]) == (1, 1, 0)
+        assert len(_session_ids(server)) == 1  # the slot released once: one connection
+    finally:
+        assert worker.stop() == 0
+    log = worker.log(tail=20000)
+    assert f"by task testbed.celery_project.stuck_in_transaction[{stuck.id}]" in log, log
+
+
+def _control(command: str, pid: int) -> Any:
+    import subprocess
+    import sys
+
+    from testbed.servers import ROOT, child_env
+
+    return subprocess.run(
+        [sys.executable, "-m", "wsgi_dbpool", command, "--pid", str(pid), "--timeout", "20"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.mark.parametrize(("pool", "concurrency", "processes"),
+                         [("gevent", 10, 1), ("threads", 4, 1), ("prefork", 2, 2)])
+@pytest.mark.slow
+def test_the_command_drains_pauses_and_resumes_a_running_worker(
+    pool, concurrency, processes, client, server, redis_server, tmp_path
+):
+    from wsgi_dbpool.control import CONTROL_SIGNAL, _catches, _children
+
+    settings = {"size": 2, "max_outstanding": 2, "timeout": 30}
+    server.kill_user(USER)
+    worker = CeleryWorker(client, server, redis_server, tmp_path, pool, concurrency, settings)
+    pid = worker.process.pid
+    try:
+        # The worker's main pid, as `celery worker --pidfile` writes it: the prefork
+        # children are reached through it (their handlers are installed as they start,
+        # before their first task), the gevent/threads worker is signalled itself.
+        before = {worker.run("connection_id") for _ in range(4 * processes)}
+        drained = _control("drain", pid)
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+        assert f"applied by {processes} process(es)" in drained.stdout, drained.stdout
+        wait_until(lambda: not _session_ids(server) & before,
+                   what="every connection from before the drain closed")
+        after = {worker.run("connection_id") for _ in range(4 * processes)}
+        assert not after & before  # every server connection is new
+
+        name = f"paused-{uuid.uuid4().hex[:8]}"
+        paused = _control("pause", pid)
+        assert paused.returncode == 0, paused.stdout + paused.stderr
+        assert f"applied by {processes} process(es)" in paused.stdout, paused.stdout
+        inserts = [worker.send("insert_item", name) for _ in range(3)]
+        gevent.sleep(1.5)
+        assert _items(server, name) == 0  # no statement ran while paused
+        assert not any(result.ready() for result in inserts)  # waiting, none refused
+        resumed = _control("resume", pid)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        for result in inserts:
+            assert result.get(timeout=30) > 0
+        assert _items(server, name) == 3
+        assert worker.process.poll() is None  # steered, not restarted
+        if pool == "prefork":  # the handlers in the children that run the tasks only
+            assert not _catches(pid, CONTROL_SIGNAL)
+            assert all(_catches(child, CONTROL_SIGNAL) for child in _children(pid))
+    finally:
+        assert worker.stop() == 0

@@ -81,3 +81,41 @@ def test_task_pool_resize_pause_resume_drain(tasks, db):
     wait_until(lambda: before not in {row["id"] for row in db.processlist("app")},
                what="the drained connection closed on the server")
     assert hold.apply(args=(0,)).get() != before
+
+
+def test_a_task_beyond_max_waiting_is_turned_away_at_once_and_says_so(db, caplog):
+    import logging
+
+    pytest.importorskip("celery")
+    from celery import Celery
+    from django.db import connection
+
+    from wsgi_dbpool import TooManyWaiting
+    from wsgi_dbpool.celery import pool_tasks
+
+    app = Celery("tests.max_waiting")
+    pool = pool_tasks(app, aliases=["default"], size=1, max_outstanding=1, max_waiting=0,
+                      timeout=60)
+
+    @app.task(name="tests.max_waiting.hold")
+    def hold(seconds: float) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT CONNECTION_ID(), SLEEP(%s)", [seconds])
+            return int(cursor.fetchone()[0])
+
+    pool.wrap_tasks()
+    caplog.set_level(logging.WARNING, logger="wsgi_dbpool")
+    try:
+        holder = gevent.spawn(hold.apply, args=(1,))
+        wait_until(lambda: _sleeping(db) == 1, what="the first task's query")
+        turned_away = hold.apply(args=(0,))
+        assert isinstance(turned_away.result, TooManyWaiting)
+        assert holder.get(timeout=30).successful()
+        (warning,) = [r for r in caplog.records
+                      if r.name == "wsgi_dbpool" and "tests.max_waiting.hold[" in r.getMessage()]
+        # The log says why: max_waiting, not "within 0.000s" of a timeout it never waited.
+        assert "max_waiting" in warning.getMessage() and "0.000s" not in warning.getMessage()
+        assert pool.stats()["default"]["rejected"] == 1
+    finally:
+        wait_until(lambda: pool.stats()["default"]["in_use"] == 0, what="every task done")
+        pool.close()

@@ -27,11 +27,20 @@ def _app(environ, start_response):  # a stand-in inner app; never called here
         ({"linger": None}, TypeError, "linger must be a number of seconds"),
         ({"linger": -1}, ValueError, "linger must be >= 0"),
         ({"hold_warning": 0}, ValueError, "hold_warning must be > 0"),
+        ({"timeout": float("nan")}, ValueError, "timeout must be a finite number of seconds"),
+        ({"linger": float("inf")}, ValueError, "linger must be a finite number of seconds"),
+        ({"statement_timeout": float("nan")}, ValueError,
+         "statement_timeout must be a finite number of seconds"),
+        ({"max_hold": float("inf")}, ValueError, "max_hold must be a finite number of seconds"),
+        ({"statement_timeout": 0.0001}, ValueError,
+         r"statement_timeout must be at least 0\.001 seconds"),
     ],
     ids=[
         "size-zero", "size-float", "size-bool", "size-str", "cap-below-size", "cap-zero",
         "timeout-negative", "timeout-str", "ping-negative", "aliases-str", "aliases-empty",
         "skip-not-callable", "linger-none", "linger-negative", "hold-warning-zero",
+        "timeout-nan", "linger-inf", "statement-timeout-nan", "max-hold-inf",
+        "statement-timeout-below-1ms",
     ],
 )
 def test_bad_arguments_fail_at_construction(django_site, kwargs, error, message):

@@ -907,3 +907,23 @@ def test_hook_file_wrapper_releases_when_the_inner_close_raises_and_the_error_pr
     assert released == [False]
     wrapper.close()
     assert released == [False] and wrapper.closed == 1
+
+
+@pytest.mark.parametrize("error", [
+    ("PoolTimeout", ("default", 1.5, 4)),
+    ("TooManyWaiting", ("default", 3, 4)),
+    ("DatabaseUnavailable", ("default", 0.5, "ConnectionRefusedError: refused")),
+    ("MaxHoldExceeded", ("default", 2.0, 2.1)),
+], ids=["timeout", "too-many-waiting", "unavailable", "max-hold"])
+def test_errors_survive_pickling_whole(error):
+    """Celery stores a task's exception by pickling it (and prefork children send theirs to
+    the parent): each error comes back as itself, not as the nearest class that pickles."""
+    import pickle
+
+    import wsgi_dbpool
+
+    name, args = error
+    original = getattr(wsgi_dbpool, name)(*args)
+    copy = pickle.loads(pickle.dumps(original))
+    assert type(copy) is type(original)
+    assert (str(copy), vars(copy)) == (str(original), vars(original))

@@ -8,6 +8,7 @@ at the proxy, ``PROCESSLIST``, ``CONNECTION_ID()``, the session's own variables)
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from typing import Any
 
@@ -121,11 +122,12 @@ def test_fail_fast_off_keeps_trying_every_connect(make_app, db, proxy):
     assert app.stats()["proxied"]["breaker_open"] == 0
 
 
-def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy):
+def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy, caplog):
     from django.db import connections
 
     from wsgi_dbpool import DatabaseUnavailable
 
+    caplog.set_level(logging.INFO, logger="wsgi_dbpool")
     app = make_app(aliases=["proxied"])
     proxy.set_mode("reset")
     with pytest.raises(Exception) as first, app.checkout():
@@ -142,6 +144,13 @@ def test_checkout_raises_database_unavailable_while_open(make_app, db, proxy):
     with app.checkout():
         connections["proxied"].ensure_connection()
     assert_no_leak(app, db, "proxied")
+    # A WARNING when it opened, an INFO when it closed, once each, naming the alias.
+    ours = [r for r in caplog.records if r.name == "wsgi_dbpool"]
+    opened = [r for r in ours if "'proxied' unreachable" in r.getMessage()]
+    closed = [r for r in ours if "'proxied' reachable again" in r.getMessage()]
+    assert [r.levelno for r in opened] == [logging.WARNING], [r.getMessage() for r in ours]
+    assert [r.levelno for r in closed] == [logging.INFO], [r.getMessage() for r in ours]
+    assert "503" in opened[0].getMessage()
 
 
 def test_too_many_connections_does_not_open_the_breaker(make_app, db):
@@ -164,6 +173,28 @@ def test_too_many_connections_does_not_open_the_breaker(make_app, db):
             hog.close()
         db.set_global("max_connections", 200)
     assert call(app, "/id/")[0].startswith("200")
+
+
+def test_postgresql_too_many_connections_does_not_open_the_breaker(make_app, pg_db):
+    # psycopg reports no SQLSTATE for a failed connect: the server's FATAL answer ("too
+    # many connections for role") once read as "no answer" and opened the breaker.
+    import psycopg
+
+    from testbed.postgres import PostgresServer as PG
+
+    app = make_app(aliases=["pg"], size=1, max_outstanding=2, timeout=5)
+    pg_db.kill_user("app")
+    hog = psycopg.connect(host=PG.host, port=pg_db.port, dbname=PG.database, user=PG.user,
+                          password=PG.password)
+    pg_db.admin_query("ALTER ROLE app CONNECTION LIMIT 1")
+    try:
+        assert call(app, "/b/id/?alias=pg")[0].startswith("500")  # the server's own answer
+        stats = app.stats()["pg"]
+        assert (stats["breaker_open"], stats["unavailable"]) == (0, 0)
+    finally:
+        pg_db.admin_query("ALTER ROLE app CONNECTION LIMIT -1")
+        hog.close()
+    assert call(app, "/b/id/?alias=pg")[0].startswith("200")  # at once: no breaker to wait out
 
 
 # -- shedding load ------------------------------------------------------------------------
@@ -304,3 +335,26 @@ def test_resize_applies_to_new_checkouts(make_app, db):
         app.resize(max_outstanding=1)
     stats = app.stats()["default"]
     assert (stats["size"], stats["max_outstanding"]) == (2, 3)
+
+
+def test_shrinking_lets_the_work_in_flight_finish_then_holds_the_new_cap(make_app, db):
+    app = make_app(size=3, max_outstanding=3, timeout=10, linger=0)
+    holders = [gevent.spawn(call, app, "/sleep/500/") for _ in range(3)]
+    wait_until(lambda: app.stats()["default"]["in_use"] == 3, what="three in flight")
+    in_flight = {int(row["id"]) for row in db.processlist("app")}
+    assert len(in_flight) == 3
+    app.resize(size=1, max_outstanding=1)
+    # Nothing in flight is taken back: all three finish on the connections they hold.
+    assert [h.get(timeout=10)[0][:3] for h in holders] == ["200"] * 3
+    assert app.stats()["default"]["taken_back"] == 0
+    # Their returns beyond the new size were closed on the server.
+    wait_until(lambda: db.connection_count("app") <= 1, what="the surplus closed")
+    peak = 0
+    burst = [gevent.spawn(call, app, "/sleep/100/") for _ in range(5)]
+    while not all(job.ready() for job in burst):
+        peak = max(peak, db.connection_count("app"))
+        gevent.sleep(0.01)
+    assert [job.value[0][:3] for job in burst] == ["200"] * 5
+    assert peak <= 1  # the new cap, as the server counts
+    stats = app.stats()["default"]
+    assert (stats["size"], stats["max_outstanding"], stats["in_use"]) == (1, 1, 0)

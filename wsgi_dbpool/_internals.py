@@ -134,6 +134,12 @@ PyMySQL's ``RuntimeError`` texts          a connect whose authentication needs a
 ``'cryptography' package is required``,   that is not installed (``pymysql/_auth.py``,
 ``'pynacl' package is required``          PyMySQL 1.1 and 1.2.4): named once in a
                                           WARNING with the extra to install.
+libpq's connect failure text             psycopg 3 and psycopg2 give a failed connect
+``... failed: FATAL:  <message>``         no SQLSTATE; a server's answer (too many
+                                          connections, unknown role) is told from no
+                                          answer by its severity part (``fail_fast``).
+                                          Checked: psycopg 3.3.9; pinned in every lane by
+                                          test_underfire's PostgreSQL "too many" test.
 ========================================  ==============================================
 
 The driver details of this table (PyMySQL, psycopg, sqlite3) are read and written in

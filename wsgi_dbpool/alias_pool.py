@@ -283,7 +283,7 @@ class AliasPool:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
         if self.max_hold is not None:
-            self.max_hold.watch(wrapper)
+            self.max_hold.watch(wrapper, work)
         return wrapper
 
     # hold="request": the alias pool is itself the strategy (``lease.Hold``): a unit of work

@@ -17,7 +17,8 @@ Its idle connections, and the ones of other workers, still serve; a breaker open
 one refused connect would turn them all away for half a second or more. That case is
 what ``max_outstanding`` (below the server's limit) is for, and its error goes to the
 one request that met it. Bad credentials or an unknown database answer too: a
-configuration error, reported as it is.
+configuration error, reported as it is. (psycopg gives a failed connect no SQLSTATE: the
+server's answer is read from libpq's message, ``FATAL:  too many connections ...``.)
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ nothing of ours. ``PoolTimeout`` is an ordinary exception of the body: the task
 fails, or retries when ``autoretry_for`` names it.
 
 Private Celery attributes relied on (checked with Celery 5.7): ``Task._orig_run``, set by
-``celery.app.autoretry``. The hooks are public signals: ``import_modules``,
-``worker_init``, ``worker_shutdown`` and ``worker_process_shutdown``.
+``celery.app.autoretry``; ``WorkController.pool_cls`` (the ``-P`` choice, resolved by the
+public ``celery.concurrency.get_implementation``). The hooks are public signals:
+``import_modules``, ``worker_init``, ``worker_process_init``, ``worker_shutdown`` and
+``worker_process_shutdown``.
 """
 
 from __future__ import annotations
@@ -108,11 +110,8 @@ class TaskPool(Steering):
                     raise _CutShort(exc) from None
         except _CutShort as wrapped:
             cut_short = wrapped.exc
-        except PoolTimeout as exc:
-            logger.warning(
-                "task %s[%s] failed: no connection for %r within %.3fs (max_outstanding=%s)",
-                task.name, task.request.id, exc.alias, exc.waited, exc.max_outstanding,
-            )
+        except PoolTimeout as exc:  # the timeout's message, or max_waiting's (TooManyWaiting)
+            logger.warning("task %s[%s] failed: %s", task.name, task.request.id, exc)
             raise
         # Outside the except block, so the traceback shows the task, not our wrapper.
         raise cut_short
@@ -160,6 +159,16 @@ class TaskPool(Steering):
             return
         count = self.wrap_tasks()
         logger.info("pooling the connections of %d Celery task(s) of %r", count, self.app.main)
+        if not _forks_children(sender):
+            # gevent, threads, solo: this process runs the tasks. Its main thread is here
+            # (under -P threads, tasks run in other threads, where no signal handler can be
+            # installed): ``python -m wsgi_dbpool drain|pause|resume --pid`` reaches it.
+            self.core().serve_control()
+
+    def _on_worker_process_init(self, **kwargs: Any) -> None:
+        # A prefork child, before its first task: steerable from now (the handler was
+        # installed at the fork; its work needs the thread that this starts).
+        self.core().serve_control()
 
     def _on_worker_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         if not self._is_ours(sender):
@@ -182,6 +191,9 @@ class TaskPool(Steering):
             self._on_import_modules, sender=self.app, weak=False, dispatch_uid=f"{uid}:import"
         )
         signals.worker_init.connect(self._on_worker_init, weak=False, dispatch_uid=f"{uid}:init")
+        signals.worker_process_init.connect(
+            self._on_worker_process_init, weak=False, dispatch_uid=f"{uid}:process-init"
+        )
         signals.worker_shutdown.connect(
             self._on_worker_shutdown, weak=False, dispatch_uid=f"{uid}:shutdown"
         )
@@ -276,6 +288,15 @@ def _unwrap(app: Any) -> Any:
     """The app behind a proxy such as ``celery.current_app``."""
     get = getattr(app, "_get_current_object", None)
     return get() if callable(get) else app
+
+
+def _forks_children(worker: Any) -> bool:
+    """Whether the Celery worker ``worker`` runs its tasks in forked children (prefork)."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool as Prefork
+
+    pool_cls = get_implementation(getattr(worker, "pool_cls", "prefork"))
+    return isinstance(pool_cls, type) and issubclass(pool_cls, Prefork)
 
 
 @functools.cache

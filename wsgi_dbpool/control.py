@@ -17,7 +17,9 @@ after the fork, in the child: never in the master. On the signal it reads the fi
 applies what changed: ``drain()`` when the count went up, ``pause()``/``resume()`` when
 ``paused`` did, then writes ``<control file>.ack.<pid>``. It also reads the file when it
 installs the handler, so a worker started while paused (``max_requests``, a crash)
-starts paused. A process with no handler yet (it has served nothing: it holds no
+starts paused. A Celery worker (``pool_tasks``) installs it at start, before any task
+(``--pid``: the worker's main pid; its prefork children are its children). A process
+with no handler yet (it has served nothing: it holds no
 connection) is never signalled: a real-time signal it does not catch would end it.
 
 The file is trusted only when this user owns it and nobody else may write to it.
@@ -243,7 +245,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--pid", type=int, required=True,
-                        help="the gunicorn master's pid (or a single serving process's)")
+                        help="the gunicorn master's pid, a Celery worker's main pid, or a "
+                             "single serving process's")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for every worker to acknowledge (default 10)")
     return parser.parse_args(argv)

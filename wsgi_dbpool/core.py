@@ -126,6 +126,14 @@ class DjangoPool(Knobs):
         self.prewarm()
         return storage
 
+    def serve_control(self) -> None:
+        """Make this process steerable by ``python -m wsgi_dbpool`` now, before it serves:
+        for an adapter that knows where the work will run (a Celery worker process at
+        start). Call it from the process's main thread: only there can a signal handler be
+        installed (the first lease does it too, when it runs in the main thread)."""
+        _concurrency.prepare_deferred_calls()  # the handler's work runs there (idempotent)
+        control.install()
+
     # -- the pools ------------------------------------------------------------------
 
     def pools(self) -> dict[str, Pool[Any]]:

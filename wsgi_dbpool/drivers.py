@@ -15,6 +15,7 @@ The private driver details read here are listed in :mod:`wsgi_dbpool._internals`
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 logger = logging.getLogger("wsgi_dbpool")
@@ -172,6 +173,12 @@ class PyMySQL(Driver):
 
 # PostgreSQL SQLSTATE 57P03 cannot_connect_now: starting up, shutting down, in recovery.
 POSTGRES_DOWN = frozenset(("57P03",))
+# A failed connect carries no SQLSTATE (no result to read it from): libpq's message tells a
+# server's answer ("... failed: FATAL:  too many connections for role ...", the severity in
+# the server's language, two spaces) from its own failures (refused, timeout, lost).
+_POSTGRES_ANSWERED = re.compile(r"failed: [^\s:]+:  (.*)", re.DOTALL)
+# 57P03's messages (English servers): an answer, but the server cannot serve yet.
+_POSTGRES_NOT_YET = "the database system is "
 # PostgreSQL SQLSTATEs.
 POSTGRES_ERRORS = {
     "25006": "the transaction is read-only",  # read_only_sql_transaction
@@ -231,9 +238,14 @@ class Psycopg(Driver):
         if not type(error).__module__.startswith(("psycopg", "psycopg2")):
             return UNDECIDED
         state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-        if state is None:  # network failures carry no SQLSTATE
+        if state is not None:
+            return f"SQLSTATE {state}" if state in POSTGRES_DOWN else None
+        answered = _POSTGRES_ANSWERED.search(str(error))
+        if answered is None:
             return "no answer from the server"
-        return f"SQLSTATE {state}" if state in POSTGRES_DOWN else None
+        if answered.group(1).startswith(_POSTGRES_NOT_YET):  # starting up, shutting down...
+            return "the server cannot take connections now"
+        return None  # it answered (too many connections, unknown role or database): it is up
 
     def label(self, raw: Any) -> str:
         return str(raw.info.backend_pid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PoolError(Exception):
     """Base class of every error raised by :mod:`wsgi_dbpool`."""
@@ -28,6 +30,9 @@ class PoolTimeout(PoolError):
             f"max_outstanding or timeout, or lower the server's concurrency "
             f"(gunicorn --worker-connections)"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with its arguments (Celery, multiprocessing)
+        return (type(self), (self.alias, self.waited, self.max_outstanding))
 
 
 class SessionStateError(PoolError):
@@ -60,6 +65,9 @@ class TooManyWaiting(PoolTimeout):
         self.max_outstanding = max_outstanding
         self.waiting = waiting
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with its arguments (Celery, multiprocessing)
+        return (type(self), (self.alias, self.waiting, self.max_outstanding))
+
 
 class DatabaseUnavailable(PoolError):
     """The database of ``alias`` could not be reached a moment ago (its breaker is open):
@@ -78,6 +86,9 @@ class DatabaseUnavailable(PoolError):
             f"another {retry_after:.1f}s (fail_fast). Check that the server is up and "
             f"reachable; fail_fast=False makes every request try (and wait) instead"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with its arguments (Celery, multiprocessing)
+        return (type(self), (self.alias, self.retry_after, self.cause))
 
 
 class MaxHoldExceeded(PoolError):
@@ -103,3 +114,6 @@ class MaxHoldExceeded(PoolError):
             f"next request. Keep transactions short (do slow work such as HTTP calls outside "
             f"transaction.atomic()), use hold='transaction', or raise max_hold"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with its arguments (Celery, multiprocessing)
+        return (type(self), (self.alias, self.max_hold, self.held))

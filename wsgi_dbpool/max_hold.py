@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from . import _concurrency, _internals, drivers
 from .errors import MaxHoldExceeded
 from .record import Record, record_of
+from .work import Work
 
 
 class AliasPool(Protocol):
@@ -63,13 +64,14 @@ _BUSY_RETRY = 0.05
 
 
 class _Held:
-    """A carrier checked out, and when."""
+    """A carrier checked out, when, and for what work (named in the WARNING)."""
 
-    __slots__ = ("carrier", "taken")
+    __slots__ = ("carrier", "taken", "work")
 
-    def __init__(self, carrier: Any, taken: float) -> None:
+    def __init__(self, carrier: Any, taken: float, work: Work) -> None:
         self.carrier = carrier
         self.taken = taken
+        self.work = work
 
 
 class Revocation:
@@ -176,10 +178,11 @@ class MaxHold:
 
     # -- the watch ----------------------------------------------------------------------
 
-    def watch(self, carrier: Any) -> None:
-        """``AliasPool.checkout()``: ``carrier`` was just taken (its record's ``taken``)."""
+    def watch(self, carrier: Any, work: Work) -> None:
+        """``AliasPool.checkout()``: ``carrier`` was just taken (its record's ``taken``)
+        for ``work`` (a request, a task, a ``checkout()`` block, a front's attachment)."""
         record: Record = carrier._wsgi_dbpool
-        held = _Held(carrier, record.taken)
+        held = _Held(carrier, record.taken, work)
         with self._lock:  # the common case inlined: this is the per-checkout path
             if self._generation == _concurrency._fork_generation and self._scanning:
                 self._held[id(carrier)] = held
@@ -274,17 +277,16 @@ class MaxHold:
 
     def _take_back(self, held: _Held, revocation: Revocation) -> None:
         """End the fenced carrier's server session, then free its slot, exactly once."""
-        carrier, front = held.carrier, revocation.front
+        carrier = held.carrier
         record = record_of(carrier)
         pool = self.alias_pool.pool
         pool.count(TAKEN_BACK)
-        work = record_of(front).work if front is not None else None
         logger.warning(
-            "max_hold=%ss: took back the connection of %r (server session %s) held %.1fs by %s; "
-            "ending its session on the server (its transaction rolls back) and giving the slot "
-            "to the next request. Its next statement fails with MaxHoldExceeded",
+            "max_hold=%ss: took back the connection of %r (server session %s) held %.1fs by %s "
+            "(greenlet %s); ending its session on the server (its transaction rolls back) and "
+            "giving the slot to the next request. Its next statement fails with MaxHoldExceeded",
             self.limit, self.alias, revocation.server_id, revocation.seconds,
-            work.label if work is not None else f"greenlet {record.holder}",
+            held.work.label, record.holder,
         )
         try:
             self._end_session(carrier, revocation.raw, revocation.server_id)

@@ -9,6 +9,7 @@ as it is, already valid.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Literal
@@ -122,6 +123,11 @@ class PoolSettings:
         check_positive_seconds(
             "statement_timeout", self.statement_timeout, "to let statements run as long as the server allows"
         )
+        if self.statement_timeout is not None and self.statement_timeout < 0.001:
+            raise ValueError(
+                f"statement_timeout must be at least 0.001 seconds (the servers count "
+                f"milliseconds; below, MariaDB would read 0: no limit), got {self.statement_timeout!r}"
+            )
         check_positive_seconds(
             "max_hold", self.max_hold, "to let a unit of work hold a connection as long as it runs"
         )
@@ -156,6 +162,10 @@ def check_seconds(name: str, value: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if not math.isfinite(value):  # NaN passes every comparison below; inf is None's job
+        raise ValueError(
+            f"{name} must be a finite number of seconds, got {value!r}: write None for no limit"
+        )
     if value < 0:
         raise ValueError(f"{name} must be >= 0 seconds (or None for no limit), got {value!r}")
 
