@@ -33,14 +33,16 @@ class PyMySQLState:
 
 
 class PsycopgState:
-    """What the psycopg 3 probe reads: ``closed``, ``broken``, ``autocommit``,
-    ``info.transaction_status`` (IDLE 0, ACTIVE 1, INTRANS 2, INERROR 3, UNKNOWN 4)."""
+    """What the psycopg 3 probe reads: libpq's own ``pgconn.status`` (CONNECTION_BAD 1 once
+    closed) and ``pgconn.transaction_status`` (IDLE 0, ACTIVE 1, INTRANS 2, INERROR 3,
+    UNKNOWN 4), and ``autocommit``; ``info`` and ``broken`` tell the driver apart."""
 
     def __init__(self, *, status: int = 0, closed: bool = False, autocommit: bool = True) -> None:
         self.closed = closed
         self.broken = False
         self.autocommit = autocommit
         self.info = type("Info", (), {"transaction_status": status})()
+        self.pgconn = type("PGconn", (), {"status": 1 if closed else 0, "transaction_status": status})()
 
 
 class Wrapper:
