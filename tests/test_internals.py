@@ -76,6 +76,11 @@ def test_psycopg_state_we_read(connected):
     raw = connected.connection
     assert raw.closed is False and raw.broken is False and raw.autocommit is True
     assert int(raw.info.transaction_status) == 0  # IDLE
+    # What the verdict reads: libpq's own state on the PGconn, as plain ints.
+    assert (raw.pgconn.status, raw.pgconn.transaction_status) == (0, 0)  # CONNECTION_OK, IDLE
+    with raw.transaction():
+        raw.execute("SELECT 1")
+        assert raw.pgconn.transaction_status == 2  # INTRANS
     assert isinstance(raw.info.backend_pid, int)
 
 
