@@ -147,3 +147,22 @@ def _environ(path: str) -> dict:
     from webob import Request
 
     return Request.blank(path).environ
+
+
+@pytest.mark.parametrize("hold", ["request", "lazy", "transaction"])
+def test_a_request_leaves_no_reference_cycle(make_app, db, hold):
+    """Nothing the middleware keeps per request refers back to the request: a cycle (the
+    environ holding the work, the work its environ) left every request's whole graph,
+    response included, to the garbage collector, a collection every few hundred requests
+    (seen as 2% of the worker's instructions on /query/). Django's own request is acyclic."""
+    app = make_app(hold=hold)
+    assert call(app, "/id/")[0] == "200 OK"  # warm: the pool, Django's caches, the URLconf
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            assert call(app, "/id/")[0] == "200 OK"
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0

@@ -14,6 +14,7 @@ log) belongs to the work, and stays with it across attachments.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import weakref
@@ -87,13 +88,13 @@ class Front:
         record: Record = wrapper._wsgi_dbpool
         try:
             if record.carrier is not None:
-                _internals.set_owner(wrapper, _concurrency.get_ident())
+                _internals.set_owner(wrapper, _thread.get_ident())
                 self.detach(wrapper, broken)
         finally:
             record.work = None
             record.holder = None
             _internals.set_owner(wrapper, _internals.NOBODY)
-            _reset_work_state(wrapper)
+            _reset_work_state(wrapper, record)
             per = self._free
             free = per.value if per.generation == _concurrency._fork_generation else per.get()
             free.append(wrapper)
@@ -151,7 +152,7 @@ class Front:
 
     def _connected_carrier(self, wrapper: Any, work: Work | None) -> Any:
         """A carrier checked out of the alias pool for the calling greenlet, connected."""
-        ident = _concurrency.get_ident()
+        ident = _thread.get_ident()  # read at call time: gevent's once patched
         if not self.per_transaction:
             self.holding.add(ident)
         try:
@@ -396,7 +397,7 @@ def _override_methods(wrapper: Any, front: Front) -> None:
         wrapper._cursor = _cursor
 
 
-def _reset_work_state(wrapper: Any) -> None:
+def _reset_work_state(wrapper: Any, record: Record) -> None:
     """What the next work must not inherit from this one (the verdict closed what it had)."""
     if (
         wrapper.in_atomic_block
@@ -412,7 +413,7 @@ def _reset_work_state(wrapper: Any) -> None:
     wrapper.rollback_exc = None
     wrapper.savepoint_state = 0  # as on a new thread's wrapper (it numbers savepoints)
     wrapper.close_at = None  # no connection: none to expire
-    record_of(wrapper).errors = False
+    record.errors = False
     wrapper.autocommit = wrapper.settings_dict["AUTOCOMMIT"]
     if wrapper.queries_log:  # DEBUG's query log carries SQL and parameters
         wrapper.queries_log.clear()
@@ -452,13 +453,12 @@ def _kind_of(work: Work | None) -> str | None:
     """What a once-per-kind warning keys on: a task, not its run; a request's view, not its
     path (``/items/1/`` and ``/items/2/`` are one view). Resolved only for a pinned work,
     which pays a session reset anyway; None: use the label."""
-    if work is None or work.kind is not None or work.environ is None:
+    if work is None or work.kind is not None or (work.method is None and work.path is None):
         return None if work is None else work.kind
     from django.urls import resolve
 
-    environ = work.environ
     try:
-        view = resolve(environ.get("PATH_INFO") or "/").view_name
+        view = resolve(work.path or "/").view_name
     except Exception:  # Resolver404, or a URLconf that cannot load here: the path, then
         return None
-    return f"{environ.get('REQUEST_METHOD')} {view}"
+    return f"{work.method} {view}"

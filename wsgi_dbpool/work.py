@@ -10,16 +10,25 @@ from .errors import PoolError
 class Work:
     """One unit of work (a request, a ``checkout()`` block, a task): how long it waits at
     the cap, what it is called in the logs, and where a wait that timed out inside the
-    work is reported (so the middleware can answer 503 rather than 500)."""
+    work is reported (so the middleware can answer 503 rather than 500).
 
-    __slots__ = ("environ", "kind", "name", "timed_out", "timeout")
+    A request's work keeps its method and path, not its environ: the environ holds the
+    work (``quiet.WORK_KEY``), and a reference back would make every request a cycle,
+    its whole graph (request, response) left for the garbage collector to find."""
+
+    __slots__ = ("kind", "method", "name", "path", "timed_out", "timeout")
 
     def __init__(
         self, timeout: float | None, environ: dict[str, Any] | None = None, name: str | None = None,
         kind: str | None = None,
     ) -> None:
         self.timeout = timeout
-        self.environ = environ  # the request's, or None for checkout() and greenlets
+        # The request's (None for checkout() and greenlets): its label, and its view's.
+        if environ is None:
+            self.method = self.path = None
+        else:
+            self.method = environ.get("REQUEST_METHOD")
+            self.path = environ.get("PATH_INFO")
         self.name = name
         # What the once-per-kind warnings key on when the name is one run's (a task's id).
         self.kind = kind
@@ -29,6 +38,6 @@ class Work:
     def label(self) -> str:
         if self.name is not None:
             return self.name
-        if self.environ is None:
+        if self.method is None and self.path is None:
             return "work outside a request"
-        return f"{self.environ.get('REQUEST_METHOD')} {self.environ.get('PATH_INFO')}"
+        return f"{self.method} {self.path}"
