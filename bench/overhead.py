@@ -72,10 +72,10 @@ def watch_cost(n: int, rounds: int) -> float:
     so the MySQL classifier runs on a plain object standing for a pooled wrapper."""
     import functools
 
-    from wsgi_dbpool import session_state
+    from wsgi_dbpool import failover, session_state
     from wsgi_dbpool.record import Record
 
-    watch = session_state.watcher("mysql", "pin")
+    watch = session_state.watcher("mysql", "pin", failover.note)
 
     class Wrapper:  # what the watch reads and writes: the pooled wrapper's record
         def __init__(self) -> None:

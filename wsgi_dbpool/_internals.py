@@ -304,11 +304,14 @@ def _execute_with_hooks(
     that list, but not in it. One context dict for all, as Django passes it."""
     db = self.db
     context = {"connection": db, "cursor": self}
-    for wrapper in reversed(db.execute_wrappers):
-        executor = functools.partial(wrapper, executor)
-    for hook in reversed(db._wsgi_dbpool.hooks):
-        executor = functools.partial(hook, executor)
-    return executor(sql, params, many, context)
+    wrappers = db.execute_wrappers
+    if wrappers:
+        for wrapper in reversed(wrappers):
+            executor = functools.partial(wrapper, executor)
+    hooks = db._wsgi_dbpool.hooks  # never empty: the outermost is called, not wrapped
+    for index in range(len(hooks) - 1, 0, -1):
+        executor = functools.partial(hooks[index], executor)
+    return hooks[0](executor, sql, params, many, context)
 
 
 def _hooked_class(base: type) -> type:

@@ -139,15 +139,14 @@ class AliasPool:
         wrapper = django_create_connection(self.alias)
         record = wrapper._wsgi_dbpool = Record(self)  # record.RECORD_ATTR
         # Around every statement, outside the user's execute_wrappers (which stay as
-        # Django's own: empty unless the user adds one); the failover watch first, so
-        # it sees every error.
-        record.hooks.append(failover.watch)
+        # Django's own: empty unless the user adds one), seeing every error.
         if self._watch_session is None:
-            self._watch_session = (
-                session_state.watcher(wrapper.vendor, self.settings.session_state) or False
-            )
-        if self._watch_session:
-            record.hooks.append(self._watch_session)
+            self._watch_session = session_state.watcher(
+                wrapper.vendor, self.settings.session_state, failover.note
+            ) or False
+        # The session-state watch notes failover errors too; without it, the failover
+        # watch alone.
+        record.hooks.append(self._watch_session or failover.watch)
         hook_cursors(wrapper)
         return wrapper
 

@@ -31,14 +31,20 @@ def failover_error(exc: BaseException) -> str | None:
     return None
 
 
+def note(record: Any, exc: BaseException) -> None:
+    """Write the failover reason of ``exc`` (if it is one) on the failing wrapper's record."""
+    reason = failover_error(exc)
+    if reason is not None:
+        record.failover = reason
+
+
 def watch(
     execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
 ) -> Any:
-    """Statement hook: note a failover error on the wrapper, then re-raise."""
+    """Statement hook: note a failover error on the wrapper, then re-raise. (With the
+    session-state watch on, that watch notes it instead: one hook per statement.)"""
     try:
         return execute(sql, params, many, context)
     except Exception as exc:
-        reason = failover_error(exc)
-        if reason is not None:
-            context["connection"]._wsgi_dbpool.failover = reason  # its record
+        note(context["connection"]._wsgi_dbpool, exc)  # its record
         raise

@@ -196,10 +196,13 @@ CLASSIFIERS = {
 }
 
 
-def watcher(vendor: str, mode: SessionStateMode) -> Any:
+def watcher(
+    vendor: str, mode: SessionStateMode, note_error: Callable[[Record, BaseException], None]
+) -> Any:
     """The statement hook (execute_wrapper-shaped) that watches the pooled wrappers of one
     alias; None: nothing to watch (``"ignore"``, or a backend with no session reset, such as
-    SQLite)."""
+    SQLite). ``note_error(record, exc)`` is called for every error a statement raises (the
+    failover watch, folded in here: one hook, one frame per statement, not two)."""
     classify = CLASSIFIERS.get(vendor)
     if classify is None or mode == "ignore":
         return None
@@ -218,10 +221,17 @@ def watcher(vendor: str, mode: SessionStateMode) -> Any:
         if kind is None or record.session is not None:  # nothing new to learn
             try:
                 return execute(sql, params, many, context)
+            except Exception as exc:
+                note_error(record, exc)
+                raise
             finally:
                 record.ran = True
         if record.setup:
-            return execute(sql, params, many, context)
+            try:
+                return execute(sql, params, many, context)
+            except Exception as exc:
+                note_error(record, exc)
+                raise
         sets, reads = kind
         if reads is not None and not record.ran:
             raise SessionStateError(_read_elsewhere(reads, sql, wrapper))
@@ -229,6 +239,9 @@ def watcher(vendor: str, mode: SessionStateMode) -> Any:
             raise SessionStateError(_refused(sets, sql, wrapper))
         try:
             return execute(sql, params, many, context)
+        except Exception as exc:
+            note_error(record, exc)
+            raise
         finally:
             record.ran = True
             if sets is not None:
