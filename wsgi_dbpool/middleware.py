@@ -17,7 +17,7 @@ from .breaker import retry_after_header
 from .core import DjangoPool, Steering
 from .errors import DatabaseUnavailable, PoolError, PoolTimeout
 from .lease import Lease, interrupted
-from .response import ClosingIterable, hook_file_wrapper
+from .response import ClosingContent, ClosingIterable, hook_file_wrapper
 from .settings import HoldMode, PoolSettings, ResetMode, SessionStateMode
 from .work import Work
 
@@ -210,6 +210,8 @@ class PoolingMiddleware(Steering):
             and hook_file_wrapper(result, lease.release)
         ):
             return result
+        if getattr(result, "streaming", None) is False:  # Django's HttpResponse: made already
+            return ClosingContent(result, lease.release)
         return ClosingIterable(result, lease.release)
 
     def _unavailable(

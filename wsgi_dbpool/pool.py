@@ -346,6 +346,9 @@ class Pool(Generic[T]):
             if state.waiters and not self.paused:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
+            elif reusable and len(state.idle) < self.size:  # _put_back()'s first case, inline
+                state.outstanding -= 1
+                state.idle.append((obj, now))
             else:
                 outcome = self._put_back(state, obj, reusable, now)
         if outcome == _SURPLUS:

@@ -66,6 +66,17 @@ class ClosingIterable:
             _concurrency.call_soon(_ReleaseDropped(self._release))
 
 
+class ClosingContent(ClosingIterable):
+    """A :class:`ClosingIterable` for a body already made (Django's ``HttpResponse``, whose
+    ``streaming`` is False): iterating it runs no query and cannot be interrupted mid-way,
+    so the server iterates it directly, with no generator in between."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
+
+
 class _ReleaseDropped:
     """Returns the connections of a response nobody closed, away from the finaliser."""
 

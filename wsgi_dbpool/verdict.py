@@ -37,7 +37,7 @@ import enum
 import time
 from typing import Any
 
-from .drivers import UNUSABLE, driver_trouble
+from .drivers import BY_TYPE, UNUSABLE, driver_trouble
 from .record import Record
 
 
@@ -97,25 +97,33 @@ def judge(
         return CLOSE, INTERRUPTED
     configured = wrapper.settings_dict["AUTOCOMMIT"]
     if trouble is UNKNOWN:
-        trouble = driver_trouble(raw, configured)
+        driver = BY_TYPE.get(type(raw))  # driver_trouble() inline: the per-return path
+        trouble = (
+            driver.trouble(raw, configured) if driver is not None else driver_trouble(raw, configured)
+        )
     if trouble is not None:
         return (CLOSE if trouble in UNUSABLE else ROLL_BACK), trouble
     if wrapper.autocommit != configured:
         return ROLL_BACK, AUTOCOMMIT_LEFT_OFF
     if wrapper.errors_occurred:
         return CHECK, ERRORS_OCCURRED
-    return judge_settled(wrapper, reset_session)
+    return judge_settled(wrapper, reset_session, record)
 
 
-def judge_settled(wrapper: Any, reset_session: bool) -> tuple[Action, str]:
+def judge_settled(
+    wrapper: Any, reset_session: bool, record: Record | None = None
+) -> tuple[Action, str]:
     """Steps 6-8, for a connected wrapper with no transaction and no error pending."""
+    if record is None:
+        record = wrapper._wsgi_dbpool
     close_at = wrapper.close_at
-    if close_at is not None and time.monotonic() >= close_at:
-        return CLOSE, TOO_OLD
-    record: Record = wrapper._wsgi_dbpool
     expires = record.expires
-    if expires is not None and time.monotonic() >= expires:
-        return CLOSE, PAST_LIFETIME
+    if close_at is not None or expires is not None:
+        now = time.monotonic()
+        if close_at is not None and now >= close_at:
+            return CLOSE, TOO_OLD
+        if expires is not None and now >= expires:
+            return CLOSE, PAST_LIFETIME
     if record.session is not None:  # set at the execute seam (session_state)
         return RESET, SESSION_CHANGED
     if reset_session:
