@@ -96,3 +96,21 @@ def test_profile_smoke(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "requests/s" in done.stdout
     assert "wsgi_dbpool" in svg.read_text()  # the pool's own frames are in the worker's samples
+
+
+@pytest.mark.bench
+def test_instructions_smoke(tmp_path):
+    """Both ways of serving, a few requests each: the counts come from callgrind, and a
+    pooled stack's request costs more instructions than none (start-up left out)."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    for server in ("inprocess", "gunicorn"):
+        out = tmp_path / f"instructions-{server}"
+        done = bench("bench.instructions", "--backend", "postgresql", "--server", server,
+                     "--stacks", "persistent,wsgi_dbpool_transaction", "--warm", "5", "--requests", "20",
+                     "--out", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = json.loads(out.with_suffix(".json").read_text())["results"]
+        counts = {stack: result["instructions"] for stack, result in results.items()}
+        assert 100_000 < counts["persistent"] < counts["wsgi_dbpool_transaction"]
+        assert "| wsgi_dbpool, hold=\"transaction\" |" in done.stdout
