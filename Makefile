@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PINS := $(if $(LOWEST),-c requirements-lowest.txt,"Django~=$(DJANGO).0")
 
-.PHONY: demo storm worker test test-others test-one lint bench bench-smoke bench-overhead clean
+.PHONY: demo storm worker test test-others test-one lint bench bench-smoke bench-overhead bench-instructions clean
 
 $(STAMP): setup.py requirements-dev.txt requirements-lowest.txt
 	@[ -n "$(PYTHON)" ] || { echo "Python $(PY) was not found: neither python$(PY) on PATH nor" \
@@ -116,6 +116,11 @@ bench-smoke: $(BENCH_STAMP)
 ## bench-overhead: the middleware's own cost per request beside SQLAlchemy's QueuePool
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead
+
+## bench-instructions: the worker's CPU per request in instructions, beside persistent connections
+## and Django's own pool (valgrind's callgrind, one client: the same count every run; ~12 minutes)
+bench-instructions: $(BENCH_STAMP)
+	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv-* build dist *.egg-info

@@ -36,8 +36,9 @@ private detail                            why
 ``make_debug_cursor``;                    (:func:`hook_cursors`): its cursors are of a
 ``utils.CursorWrapper``,                  subclass of the class Django builds whose
 ``CursorDebugWrapper``                    ``_execute_with_wrappers`` runs the pool's hooks
-``._execute_with_wrappers``               (``Record.hooks``: the failover watch, the
-                                          session-state watch, the front's statement
+``._execute_with_wrappers``               (``Record.hooks``: the session-state watch,
+                                          which notes failover errors too, or the failover
+                                          watch alone; the front's statement
                                           hook, max_hold's refusal) outside the user's
                                           ``execute_wrappers``, which stays Django's
                                           own list: empty unless the user adds one
