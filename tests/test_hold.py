@@ -289,6 +289,28 @@ def test_lazy_holds_from_the_first_query_to_the_end(make_app, db):
     assert _in_use(app) == 0
 
 
+
+def test_a_server_cache_a_front_learns_is_left_to_its_carrier(make_app, db):
+    """``mysql_server_data`` (a round trip) asked by a front goes to the connection it
+    borrowed, for that connection's next fronts; the detach looks only when the front's
+    attributes grew (a cached_property adds one)."""
+    from django.db import connections
+
+    app = make_app(size=1, max_outstanding=1, hold="lazy")
+    with app.checkout():
+        front = connections["default"]
+        _cursor_one("SELECT 1")
+        carrier = front._wsgi_dbpool.carrier
+    for wrapper in (front, carrier):  # neither knows it now
+        wrapper.__dict__.pop("mysql_server_data", None)
+    with app.checkout():
+        assert connections["default"] is front  # the same front, the same carrier
+        _cursor_one("SELECT 1")
+        learnt = front.mysql_server_data  # asked of the server, on the front
+        server_version = _cursor_one("SELECT VERSION()")
+    assert learnt["version"] == server_version
+    assert carrier.__dict__["mysql_server_data"] == learnt
+
 # -- spawned greenlets ------------------------------------------------------------------------
 
 

@@ -310,8 +310,9 @@ def _execute_with_hooks(
         for wrapper in reversed(wrappers):
             executor = functools.partial(wrapper, executor)
     hooks = db._wsgi_dbpool.hooks  # never empty: the outermost is called, not wrapped
-    for index in range(len(hooks) - 1, 0, -1):
-        executor = functools.partial(hooks[index], executor)
+    if len(hooks) > 1:  # usually one: the session-state watch
+        for index in range(len(hooks) - 1, 0, -1):
+            executor = functools.partial(hooks[index], executor)
     return hooks[0](executor, sql, params, many, context)
 
 

@@ -277,7 +277,11 @@ class AliasPool:
         record.holder = ident
         record.taken = now = time.monotonic()  # for the hold time
         record.ran = False
-        if wrapper.connection is not None:
+        if wrapper.connection is not None and (
+            record.opened_at < self._replace_before
+            or record.expires is not None
+            or (idle_since is not None and now - idle_since >= self._ping_every)
+        ):  # otherwise, handed out as it is: the everyday path, decided inline
             self._check_connected(wrapper, record, idle_since, now)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("checkout %r: connection %s", self.alias, connection_label(wrapper))
@@ -376,7 +380,7 @@ class AliasPool:
             # the clean path, decided from memory alone
             wrapper.health_check_done = False  # so CONN_HEALTH_CHECKS apply to the next holder
             set_owner(wrapper, NOBODY)
-            self.pool.release(wrapper, reusable=True, taken=taken)
+            self.pool.release(wrapper, True, taken)  # reusable
             return
         if action is KEEP:
             action, reason = DRAINED, "opened before the last drain()"

@@ -87,8 +87,7 @@ class Front:
         """End of the work: detach (through the verdict), reset, and keep for reuse."""
         record: Record = wrapper._wsgi_dbpool
         try:
-            if record.carrier is not None:
-                _internals.set_owner(wrapper, _thread.get_ident())
+            if record.carrier is not None:  # detach() calls no Django method on the front
                 self.detach(wrapper, broken)
         finally:
             record.work = None
@@ -143,6 +142,7 @@ class Front:
         if record.copied_from is not carrier:  # once per pair: it is per alias
             _internals.copy_connect_state(carrier, wrapper)
             record.copied_from = carrier
+        record.known = len(wrapper.__dict__)  # a cache the front learns adds a key
         record.carrier = carrier
         carrier._wsgi_dbpool.borrower = wrapper  # for max_hold's fence
         if self.holds is not None:
@@ -208,7 +208,8 @@ class Front:
             record.hold_token = -1
         carrier.connection = wrapper.connection
         carrier.close_at = wrapper.close_at
-        _internals.keep_server_caches(wrapper, carrier)
+        if len(wrapper.__dict__) != record.known:  # perhaps learnt a server cache
+            _internals.keep_server_caches(wrapper, carrier)
         if record.failover is not None or record.session is not None:
             self._hand_on_notes(record, record_of(carrier))
         errors = wrapper.errors_occurred

@@ -24,6 +24,9 @@ logger = logging.getLogger("wsgi_dbpool")
 
 UNBOUND: Any = object()
 
+# Django's connection storage when it is a thread-local (gevent's, once patched).
+_LOCALS = (threading.local, _thread._local)
+
 
 # Greenlets (or threads) inside a lease, by ident: how many leases each is inside.
 # A connection a pooled alias opens elsewhere is outside the pool (see AliasPool).
@@ -114,7 +117,7 @@ def _bound(storage: Any, alias: str) -> Any:
     elsewhere (``close()`` from another greenlet, a dropped response): it may be in
     another request's hands now, so this greenlet must never reach it again.
     """
-    if isinstance(storage, (threading.local, _thread._local)):  # gevent's once patched
+    if isinstance(storage, _LOCALS):
         # The greenlet's own dict: a miss costs no AttributeError (1.3 against 0.2 us).
         bound = storage.__dict__.get(alias, UNBOUND)
     else:  # pragma: no cover - asgiref's Local itself (see ConnectionSlots)
@@ -156,7 +159,6 @@ class Lease:
         unpooled: Sequence[str] = (),
         watch: HoldWatch | None = None,
     ) -> None:
-        self._entries: list[tuple[Hold, Any, Any]] = []
         self._watch = watch
         self._token = -1
         self._storage = storage
@@ -165,17 +167,27 @@ class Lease:
         _leased[ident] = _leased.get(ident, 0) + 1
         # Unpooled aliases with no wrapper yet: one the work opens is closed at the
         # end, or it would linger in this greenlet's local (the leak we exist to stop).
-        self._unpooled = (
-            [a for a in unpooled if _bound(storage, a) is UNBOUND] if unpooled else None
-        )
+        self._unpooled = _unbound(storage, unpooled) if unpooled else None
+        entries: list[tuple[Hold, Any, Any]] = []
+        self._entries = entries
+        # This greenlet's own dict (see _bound): a miss costs no AttributeError.
+        bound = storage.__dict__ if isinstance(storage, _LOCALS) else None
         try:
             for hold in holds:
                 alias = hold.alias
-                previous = _bound(storage, alias)
-                if previous is not UNBOUND and _holder(previous) == ident:
-                    continue  # already leased to this greenlet: reuse, don't nest
+                previous = (
+                    bound.get(alias, UNBOUND) if bound is not None
+                    else getattr(storage, alias, UNBOUND)
+                )
+                if previous is not UNBOUND:  # _bound(), inline: the per-request path
+                    record = previous.__dict__.get(RECORD_ATTR)
+                    if record is not None:
+                        if record.holder == ident:
+                            continue  # already leased to this greenlet: reuse, don't nest
+                        delattr(storage, alias)  # stale: released elsewhere (see _bound)
+                        previous = UNBOUND
                 wrapper = hold.take(work, ident)
-                self._entries.append((hold, wrapper, previous))
+                entries.append((hold, wrapper, previous))
                 setattr(storage, alias, wrapper)
         except BaseException as exc:
             self.release(broken=interrupted(exc))
@@ -232,9 +244,8 @@ class Lease:
         return error
 
 
-def _holder(wrapper: Any) -> int | None:
-    record = wrapper.__dict__.get(RECORD_ATTR)
-    return None if record is None else record.holder
+def _unbound(storage: Any, aliases: Sequence[str]) -> list[str]:
+    return [alias for alias in aliases if _bound(storage, alias) is UNBOUND]
 
 
 def _close_unpooled(storage: Any, aliases: Sequence[str]) -> None:

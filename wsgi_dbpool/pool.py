@@ -319,10 +319,11 @@ class Pool(Generic[T]):
 
     # -- return ------------------------------------------------------------------
 
-    def release(self, obj: T, *, reusable: bool, taken: float | None = None) -> None:
+    def release(self, obj: T, reusable: bool, taken: float | None = None) -> None:
         """Give back a checked-out object; exactly once per successful :meth:`acquire`.
 
         ``taken``: when (``time.monotonic()``) it was checked out, for the hold times.
+        (Positional parameters: the per-request caller passes them so, a cheaper call.)
 
         With someone waiting, the object (reusable or not: the caller has already
         made it safe, e.g. closed its connection) goes straight to them. Otherwise a

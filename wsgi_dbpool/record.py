@@ -35,8 +35,8 @@ class Record:
 
     __slots__ = (
         "borrower", "carrier", "copied_from", "errors", "expires", "failover", "front",
-        "hold_token", "holder", "hooks", "open", "opened_at", "pool", "ran", "revoked", "session", "setup",
-        "taken", "work",
+        "hold_token", "holder", "hooks", "known", "open", "opened_at", "pool", "ran", "revoked",
+        "session", "setup", "taken", "work",
     )
 
     def __init__(self, pool: Owner) -> None:
@@ -65,6 +65,9 @@ class Record:
         self.work: Work | None = None
         self.copied_from: Any = None
         self.hold_token = -1
+        # How many attributes the front had when it attached: more at the detach, and it
+        # may have learnt a server cache (_internals.SERVER_CACHES) to leave to the carrier.
+        self.known = 0
         # A front's errors_occurred from before its attachment (the work's, which Django
         # keeps until the request ends): shown again once the attachment's own is judged.
         self.errors = False
