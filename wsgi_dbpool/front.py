@@ -201,8 +201,7 @@ class Front:
         if carrier is None:
             return
         record.carrier = None
-        if not self.per_transaction:
-            self.holding.discard(record.holder)
+        self.holding.discard(record.holder)  # hold="lazy"'s (empty under "transaction")
         if self.holds is not None:
             self.holds.finish(record.hold_token)
             record.hold_token = -1
@@ -224,7 +223,7 @@ class Front:
         wrapper.connection = None
         # Django keeps errors_occurred up to the end of the request: so does the front
         # (the verdict has judged this connection's; the next attachment starts afresh).
-        wrapper.errors_occurred = errors or record.errors
+        wrapper.errors_occurred = errors | record.errors  # both bools
         carrier._wsgi_dbpool.borrower = None
         self.alias_pool.checkin(carrier, broken, trouble)
 

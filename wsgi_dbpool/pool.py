@@ -333,7 +333,6 @@ class Pool(Generic[T]):
         state = self._state  # inlined _current(): this is the per-request path
         if state is None or state.generation != _concurrency._fork_generation:
             state = self._new_state()
-        outcome = _KEPT
         now = time.monotonic()
         with state.lock:
             if state.outstanding <= 0:
@@ -341,17 +340,20 @@ class Pool(Generic[T]):
             if taken is not None:
                 held = now - taken
                 state.hold_seconds += held
-                # Most holds are in the first bucket: no search for them.
-                bucket = 0 if held <= WAIT_BUCKETS[0] else bisect.bisect_left(WAIT_BUCKETS, held)
-                state.hold_histogram[bucket] += 1
+                state.hold_histogram[bisect.bisect_left(WAIT_BUCKETS, held)] += 1
             if state.waiters and not self.paused:
                 state.handoffs += 1
                 state.waiters.popleft().serve(obj)
-            elif reusable and len(state.idle) < self.size:  # _put_back()'s first case, inline
+                return
+            if reusable and len(state.idle) < self.size:  # _put_back()'s first case, inline
                 state.outstanding -= 1
                 state.idle.append((obj, now))
-            else:
-                outcome = self._put_back(state, obj, reusable, now)
+                return
+            outcome = self._put_back(state, obj, reusable, now)
+        if outcome != _KEPT:  # outside the lock
+            self._finish_put_back(outcome, obj)
+
+    def _finish_put_back(self, outcome: int, obj: T) -> None:
         if outcome == _SURPLUS:
             self._dispose(obj)
         elif outcome == _REAP:

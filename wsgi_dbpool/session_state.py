@@ -165,7 +165,7 @@ class Classifier:
         low = sql.lower()
         anywhere = any(needle in low for needle in self._needles)
         before: list[str] = []  # the first words of the statements before this one
-        for statement in sql.split(";") if ";" in sql else (sql,):
+        for statement in sql.split(";"):
             match = self._start.match(statement)
             if match is not None:
                 groups.append(match.lastgroup)

@@ -63,6 +63,10 @@ REPLACE = Action.REPLACE
 FAIL_OVER = Action.FAIL_OVER
 DRAINED = Action.DRAINED
 
+# What the driver's trouble calls for: a connection that cannot be used is closed; any
+# other trouble (a transaction, autocommit switched, a result unread) is rolled back.
+_ACTION_FOR = dict.fromkeys(UNUSABLE, CLOSE)
+
 # judge()'s ``trouble`` when the caller has not read the driver's state.
 UNKNOWN: Any = object()
 
@@ -102,7 +106,7 @@ def judge(
             driver.trouble(raw, configured) if driver is not None else driver_trouble(raw, configured)
         )
     if trouble is not None:
-        return (CLOSE if trouble in UNUSABLE else ROLL_BACK), trouble
+        return _ACTION_FOR.get(trouble, ROLL_BACK), trouble  # close if unusable
     if wrapper.autocommit != configured:
         return ROLL_BACK, AUTOCOMMIT_LEFT_OFF
     if wrapper.errors_occurred:
