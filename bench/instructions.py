@@ -13,9 +13,14 @@ serves) runs under valgrind's callgrind against a real throwaway database:
 
 Each stack runs twice, with ``--warm`` and with ``--warm + --requests`` requests; the
 difference divided by ``--requests`` is what one request costs, start-up and shutdown left
-out. With one client (the default) nothing depends on timing: the same code gives the same
-count run after run (to the instruction, in-process). More clients interleave requests
-by when the database answers, which moves the count by about 1%.
+out. With one client (the default) little depends on timing: in-process on PostgreSQL the
+same code gives the same count run after run, to the instruction. What does depend on it is
+whether a read finds its answer already there: one that does not parks the greenlet and runs
+the hub (epoll, greenlet switches), tens of thousands of instructions, and how often that
+happens follows the server's timing (on MariaDB, 4% to 30% of the requests in one run; the
+count moves by up to ±15,000 instructions per request with it). Hence ``--rounds``: each
+round counts every stack once, interleaved, and the table gives the median and the spread.
+More clients interleave requests by when the database answers, which moves the count too.
 
 What it leaves out: the kernel's share of the worker's CPU (the socket calls, the same for
 every stack; 13-18% of the worker's CPU on ``/query/`` under wrk here), so a ratio here is
@@ -194,6 +199,14 @@ def per_request(stack: str, db: Any, args: argparse.Namespace) -> dict[str, Any]
     return {"instructions": (high - low) / args.requests, "short": low, "long": high}
 
 
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stack's rounds: the median per request (what the table compares), and each round's."""
+    each = sorted(r["instructions"] for r in rounds)
+    middle = len(each) // 2
+    median = each[middle] if len(each) % 2 else (each[middle - 1] + each[middle]) / 2
+    return {"instructions": median, "rounds": [r["instructions"] for r in rounds], "runs": rounds}
+
+
 def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     base = results.get(BASELINE, {}).get("instructions")
     lines = [
@@ -202,17 +215,19 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"{meta['python']}, Django {meta['django']}; `{meta['command']}`. Counted by callgrind over "
         f"{meta['requests']} requests after {meta['warm']} (the difference of two runs); "
-        "the same code and inputs give the same count on any machine load.",
+        f"median of {meta.get('rounds', 1)} interleaved round(s). The count does not depend on "
+        "the machine's load, except through the reads that wait (see `bench/instructions.py`).",
         "",
-        "| stack | instructions per request | more than persistent | ÷ persistent |",
-        "|---|---:|---:|---:|",
+        "| stack | instructions per request | more than persistent | ÷ persistent | rounds |",
+        "|---|---:|---:|---:|---|",
     ]
     from bench.compare import STACKS
 
     for stack, result in results.items():
         ours = result["instructions"]
         extra, ratio = (f"{ours - base:+,.0f}", f"{ours / base:.3f}×") if base else ("—", "—")
-        lines.append(f"| {STACKS.get(stack, stack)} | {ours:,.0f} | {extra} | {ratio} |")
+        each = ", ".join(f"{r:,.0f}" for r in result.get("rounds", [ours]))
+        lines.append(f"| {STACKS.get(stack, stack)} | {ours:,.0f} | {extra} | {ratio} | {each} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +246,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-outstanding", type=int, default=20)
     parser.add_argument("--warm", type=int, default=100, help="requests before the measured ones")
     parser.add_argument("--requests", type=int, default=500, help="measured requests")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds; the table gives each stack's median")
     parser.add_argument("--out", help="also write the table (.md) and the figures (.json) here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -257,15 +274,18 @@ def main() -> None:
         "backend": args.backend, "view": args.view, "server": args.server, "path": PATHS[args.view],
         "clients": args.clients,
         "max_outstanding": args.max_outstanding, "warm": args.warm, "requests": args.requests,
+        "rounds": args.rounds,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "django": django.get_version(), "command": "python -m bench.instructions " + " ".join(sys.argv[1:]),
     }
-    results: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, list[dict[str, Any]]] = {stack: [] for stack in stacks}
     with bench_database(args.backend) as db:
-        for stack in stacks:
-            results[stack] = per_request(stack, db, args)
-            print(f"{stack}: {results[stack]['instructions']:,.0f} instructions per request",
-                  file=sys.stderr, flush=True)
+        for number in range(1, args.rounds + 1):
+            for stack in stacks:  # interleaved: a drift in the machine's timing hits them all
+                rounds[stack].append(per_request(stack, db, args))
+                print(f"round {number}, {stack}: {rounds[stack][-1]['instructions']:,.0f} "
+                      "instructions per request", file=sys.stderr, flush=True)
+    results = {stack: summarise(counted) for stack, counted in rounds.items()}
     text = report(results, meta)
     print(text)
     if args.out:
