@@ -145,7 +145,12 @@ def _count_gunicorn(valgrind: list[str], env: dict[str, str], args: argparse.Nam
             wait_for_port(port, process=process, timeout=600, what="gunicorn under valgrind")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/cpu/", timeout=600) as response:
                 worker = json.loads(response.read())["pid"]
-            _load(port, PATHS[args.view], args.clients, requests)
+            try:
+                _load(port, PATHS[args.view], args.clients, requests)
+            except RuntimeError as exc:  # what the worker logged says why
+                stop_process(process, timeout=600)
+                log.seek(0)
+                raise RuntimeError(f"{exc}\nthe worker's log ends:\n{log.read()[-4000:]}") from None
         finally:
             stop_process(process, timeout=600)
         log.seek(0)
@@ -279,7 +284,9 @@ def main() -> None:
         "django": django.get_version(), "command": "python -m bench.instructions " + " ".join(sys.argv[1:]),
     }
     rounds: dict[str, list[dict[str, Any]]] = {stack: [] for stack in stacks}
-    with bench_database(args.backend) as db:
+    # Two runs side by side, each with up to --clients connections of its own (persistent
+    # connections, no cap): MariaDB's default of 100 would refuse some at 50 clients.
+    with bench_database(args.backend, max_connections=400) as db:
         for number in range(1, args.rounds + 1):
             for stack in stacks:  # interleaved: a drift in the machine's timing hits them all
                 rounds[stack].append(per_request(stack, db, args))
