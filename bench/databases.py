@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from testbed.mariadb import MariaDBServer
@@ -96,15 +96,16 @@ class BenchPostgres(PostgresServer):
 
 @contextlib.contextmanager
 def bench_database(
-    backend: str = "mariadb", max_connections: int = 100
+    backend: str = "mariadb", max_connections: int = 100, mariadb_args: Sequence[str] = ()
 ) -> Iterator[BenchMariaDB | BenchPostgres]:
     """A throwaway ``backend`` with the ``items`` table (1,000 rows); the server and wrk
-    installed first when missing. ``max_connections`` is MariaDB's (PostgreSQL's is 400)."""
+    installed first when missing. ``max_connections`` is MariaDB's (PostgreSQL's is 400);
+    ``mariadb_args``: more of ``mariadbd``'s options."""
     ensure_binary("wrk", "wrk")
     db: BenchMariaDB | BenchPostgres
     if backend == "mariadb":
         ensure_mariadb()
-        db = BenchMariaDB(max_connections=max_connections)
+        db = BenchMariaDB(max_connections=max_connections, extra_args=mariadb_args)
     elif backend == "postgresql":
         ensure_postgres()
         db = BenchPostgres(max_connections=POSTGRES_MAX_CONNECTIONS)

@@ -285,8 +285,11 @@ def main() -> None:
     }
     rounds: dict[str, list[dict[str, Any]]] = {stack: [] for stack in stacks}
     # Two runs side by side, each with up to --clients connections of its own (persistent
-    # connections, no cap): MariaDB's default of 100 would refuse some at 50 clients.
-    with bench_database(args.backend, max_connections=400) as db:
+    # connections, no cap): MariaDB's default of 100 would refuse some at 50 clients. And a
+    # worker slowed ~50x by valgrind, opening ten connections at once, may take longer than
+    # MariaDB's connect_timeout (10 s) to answer a handshake: the server resets it.
+    with bench_database(args.backend, max_connections=400,
+                        mariadb_args=["--connect-timeout=300"]) as db:
         for number in range(1, args.rounds + 1):
             for stack in stacks:  # interleaved: a drift in the machine's timing hits them all
                 rounds[stack].append(per_request(stack, db, args))
