@@ -261,11 +261,14 @@ def test_4_interrupt_in_the_return_path_of_a_session_reset(make_app, db, fault_p
 # -- 5. a greenlet never keeps a binding to a connection it no longer holds -------------
 
 
+@pytest.mark.parametrize("hold", ["request", "lazy", "transaction"])
 @pytest.mark.parametrize("released_by", ["close-from-another-greenlet", "finaliser"])
-def test_5_no_greenlet_uses_a_connection_it_no_longer_holds(make_app, db, released_by):
+def test_5_no_greenlet_uses_a_connection_it_no_longer_holds(make_app, db, released_by, hold):
     from django.db import connections
 
-    app = make_app(size=1, max_outstanding=1, skip=lambda e: e["PATH_INFO"] == "/id/")
+    app = make_app(
+        size=1, max_outstanding=1, skip=lambda e: e["PATH_INFO"] == "/id/", hold=hold
+    )
     seen: dict[str, object] = {}
 
     def keep_alive_client() -> None:
