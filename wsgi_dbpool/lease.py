@@ -122,11 +122,16 @@ def _bound(storage: Any, alias: str) -> Any:
         bound = storage.__dict__.get(alias, UNBOUND)
     else:  # pragma: no cover - asgiref's Local itself (see ConnectionSlots)
         bound = getattr(storage, alias, UNBOUND)
-    if bound is not UNBOUND:
-        record = bound.__dict__.get(RECORD_ATTR)
-        if record is not None and record.holder != _thread.get_ident():
-            delattr(storage, alias)
-            return UNBOUND
+    return bound if bound is UNBOUND else _unless_stale(storage, alias, bound, _thread.get_ident())
+
+
+def _unless_stale(storage: Any, alias: str, bound: Any, ident: int) -> Any:
+    """``bound`` (bound for ``alias`` in greenlet ``ident``), or UNBOUND once forgotten: a
+    pooled wrapper that greenlet no longer holds (see :func:`_bound`)."""
+    record = bound.__dict__.get(RECORD_ATTR)
+    if record is not None and record.holder != ident:
+        delattr(storage, alias)
+        return UNBOUND
     return bound
 
 
@@ -170,7 +175,7 @@ class Lease:
         self._unpooled = _unbound(storage, unpooled) if unpooled else None
         entries: list[tuple[Hold, Any, Any]] = []
         self._entries = entries
-        # This greenlet's own dict (see _bound): a miss costs no AttributeError.
+        # This greenlet's own dict, read as _bound() reads it (no call: the per-request path).
         bound = storage.__dict__ if isinstance(storage, _LOCALS) else None
         try:
             for hold in holds:
@@ -179,13 +184,10 @@ class Lease:
                     bound.get(alias, UNBOUND) if bound is not None
                     else getattr(storage, alias, UNBOUND)
                 )
-                if previous is not UNBOUND:  # _bound(), inline: the per-request path
-                    record = previous.__dict__.get(RECORD_ATTR)
-                    if record is not None:
-                        if record.holder == ident:
-                            continue  # already leased to this greenlet: reuse, don't nest
-                        delattr(storage, alias)  # stale: released elsewhere (see _bound)
-                        previous = UNBOUND
+                if previous is not UNBOUND:  # rare: a nested lease, or a stale binding
+                    previous = _unless_stale(storage, alias, previous, ident)
+                    if previous is not UNBOUND and _holder(previous) == ident:
+                        continue  # already leased to this greenlet: reuse, don't nest
                 wrapper = hold.take(work, ident)
                 entries.append((hold, wrapper, previous))
                 setattr(storage, alias, wrapper)
@@ -242,6 +244,11 @@ class Lease:
                     error = error or exc
         self._entries.clear()
         return error
+
+
+def _holder(wrapper: Any) -> int | None:
+    record = wrapper.__dict__.get(RECORD_ATTR)
+    return None if record is None else record.holder
 
 
 def _unbound(storage: Any, aliases: Sequence[str]) -> list[str]:
