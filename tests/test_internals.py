@@ -54,6 +54,9 @@ def test_connection_storage_is_recognised(django_site):
 
     assert hasattr(connections, "_connections")
     assert _internals.thread_local_storage(connections._connections) is not None
+    import asyncio
+
+    assert asyncio.events._get_running_loop() is None  # no loop here: None, no exception
     assert callable(type(connections).create_connection)
 
 

@@ -480,3 +480,33 @@ def test_each_unit_of_work_starts_as_a_new_threads_connection(make_app, backend,
         connection.inc_thread_sharing()
     with app.checkout():
         assert fresh_state(connections[alias]) == expected
+
+
+@pytest.mark.parametrize("hold", MODES)
+def test_lookups_under_an_event_loop_stay_asgirefs(make_app, db, hold):
+    """The pool reads ``connections[alias]`` straight from the greenlet's local when no
+    event loop runs (``_internals.speed_up_lookups``). Code under a running loop must still
+    get asgiref's answer: its own context's connection, never the greenlet's pooled one,
+    which Django would then share with async code."""
+    import asyncio
+
+    from django.db import connections
+
+    from wsgi_dbpool import _internals
+
+    app = make_app(hold=hold)
+    with app.checkout():
+        pooled = connections["default"]
+        assert type(connections._connections) in _internals._FAST_LOCALS  # the fast path is on
+
+        async def inside_a_loop():
+            return connections["default"]
+
+        theirs = asyncio.run(inside_a_loop())
+        try:
+            assert theirs is not pooled
+            assert connections["default"] is pooled  # and the greenlet's is still its own
+            assert hasattr(connections._connections, "default")
+            assert not hasattr(connections._connections, "no such alias")
+        finally:
+            theirs.close()

@@ -24,6 +24,14 @@ private detail                            why
 3.8.1-3.12.1: ``Local`` with              itself does then): 1 µs a request saved, and
 ``_thread_critical = True``)              the object the ``--preload`` repair replaces.
                                           Checked: asgiref 3.8.1, 3.9.1, 3.12.1, 3.13.0.
+``Local.__getattr__``, its class;         :func:`speed_up_lookups` gives the ``Local``
+``asyncio.events._get_running_loop``      behind ``connections`` a subclass whose reads
+                                          skip asgiref's loop check (``get_running_loop()``
+                                          raising in a sync thread) when no loop runs,
+                                          and are asgiref's own when one does: Django's
+                                          own lookups, seven a request, cost 0.2 µs
+                                          instead of 0.7 (asgiref 3.8.1, 3.13.0; the
+                                          None-returning call: Python 3.7 to 3.14).
 ``BaseDatabaseWrapper.close_at``          the expiry Django computes from ``CONN_MAX_AGE``
                                           at connect; read by the verdict, and cleared
                                           when ``max_lifetime`` replaces that rule.
@@ -154,6 +162,7 @@ own, through the documented ``Connection.pgconn``), ``autocommit``; psycopg2 ``c
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -179,7 +188,8 @@ def thread_local_storage(local: Any) -> Any:
     """asgiref's plain thread-local inside ``connections._connections``, or None.
 
     Two shapes hold it in ``_storage``: asgiref >= 3.13 makes a ``_ThreadCriticalLocal``;
-    3.8.1 to 3.12.1 make one ``Local`` class with ``_thread_critical = True``.
+    3.8.1 to 3.12.1 make one ``Local`` class with ``_thread_critical = True``. (The class
+    :func:`speed_up_lookups` puts in place keeps its base's name.)
     """
     state = vars(local)
     if type(local).__name__ != "_ThreadCriticalLocal" and state.get("_thread_critical") is not True:
@@ -189,6 +199,40 @@ def thread_local_storage(local: Any) -> Any:
 
 def replace_thread_local_storage(local: Any, storage: Any) -> None:
     object.__setattr__(local, "_storage", storage)
+
+
+# The classes speed_up_lookups() made, each with the thread-local it reads.
+_FAST_LOCALS: dict[type, Any] = {}
+
+
+def speed_up_lookups(local: Any, storage: Any) -> None:
+    """Make ``connections[alias]`` read ``storage`` (the thread-local inside ``local``)
+    directly when no event loop runs in the calling thread (greenlet).
+
+    That is what asgiref's thread-critical ``Local`` does itself, after asking asyncio for a
+    running loop with ``get_running_loop()``, which raises ``RuntimeError`` in a sync
+    thread: 0.7 µs a lookup, and Django looks connections up about seven times a request
+    (``reset_queries``, ``close_old_connections`` twice, the ORM). The subclass asks
+    ``asyncio._get_running_loop()``, which returns None instead of raising, and hands a
+    thread with a running loop to asgiref's own ``__getattr__``: the same storage in every
+    case. Writes and deletes stay asgiref's (rare: a connection made, a binding).
+    """
+    base = type(local)
+    if _FAST_LOCALS.get(base, storage) is not storage:
+        base = base.__mro__[1]  # made for a storage since replaced: make it again
+    elif base in _FAST_LOCALS:
+        return
+    running_loop = asyncio.events._get_running_loop
+    lookup = base.__getattr__
+
+    def __getattr__(self: Any, key: str) -> Any:
+        if running_loop() is None:
+            return getattr(storage, key)
+        return lookup(self, key)
+
+    fast = type(base.__name__, (base,), {"__slots__": (), "__getattr__": __getattr__})
+    _FAST_LOCALS[fast] = storage
+    object.__setattr__(local, "__class__", fast)
 
 
 def set_driver_autocommit(wrapper: Any, autocommit: bool) -> None:

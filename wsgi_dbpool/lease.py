@@ -82,6 +82,7 @@ class ConnectionSlots:
         storage = _internals.thread_local_storage(local)
         if storage is not None:
             self.storage: Any = _repair_pre_patch_local(local, storage)
+            _internals.speed_up_lookups(local, self.storage)  # Django's own lookups too
         else:  # pragma: no cover - other asgiref versions: the public path
             self.storage = local
 
