@@ -107,3 +107,30 @@ def test_django_cursor_wrapper_runs_execute_wrappers_as_hook_cursors_does(django
     for name, cls in (("make_cursor", "CursorWrapper"), ("make_debug_cursor", "CursorDebugWrapper")):
         source = inspect.getsource(getattr(BaseDatabaseWrapper, name))
         assert f"return utils.{cls}(cursor, self)" in source, name
+
+
+def test_fast_lookups_read_the_storage_in_place_now():
+    """``speed_up_lookups`` twice with the same storage changes nothing; after the
+    ``--preload`` repair gives the ``Local`` a fresh storage, lookups read the fresh one."""
+    import threading
+
+    from asgiref.local import Local
+
+    from wsgi_dbpool import _internals
+
+    local = Local(thread_critical=True)
+    first = _internals.thread_local_storage(local)
+    _internals.speed_up_lookups(local, first)
+    fast = type(local)
+    _internals.speed_up_lookups(local, first)
+    assert type(local) is fast and fast in _internals._FAST_LOCALS
+    local.alias = "first"  # asgiref's own write
+    assert local.alias == "first" and first.alias == "first"
+
+    fresh = threading.local()
+    _internals.replace_thread_local_storage(local, fresh)
+    _internals.speed_up_lookups(local, fresh)
+    assert type(local) is not fast and type(local).__mro__[1] is fast.__mro__[1]
+    assert not hasattr(local, "alias")
+    fresh.alias = "fresh"
+    assert local.alias == "fresh"

@@ -106,9 +106,11 @@ def test_pool_page_renders_and_refreshes(start_demo, browser, tmp_path):
     shot.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
-    gevent.joinall(holders, timeout=20, raise_error=True)
+    done = gevent.joinall(holders, timeout=20, raise_error=True)
+    assert len(done) == 3, f"{3 - len(done)} slow report(s) still running after 20 s"
     wait_until(lambda: field("in_use") == "0" and field("idle") == "3", timeout=20,
-               what="the page to show them back idle")
+               what="the page to show them back idle",
+               state=lambda: {"in_use": field("in_use"), "idle": field("idle"), "workers": workers()})
     assert int(field("opened")) == 3
     assert sum(w["opened"] for w in workers().values()) == 3
     assert demo.stop() == 0
