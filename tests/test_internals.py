@@ -8,7 +8,9 @@ somewhere deep in a request.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,8 +56,6 @@ def test_connection_storage_is_recognised(django_site):
 
     assert hasattr(connections, "_connections")
     assert _internals.thread_local_storage(connections._connections) is not None
-    import asyncio
-
     assert asyncio.events._get_running_loop() is None  # no loop here: None, no exception
     assert callable(type(connections).create_connection)
 
@@ -112,7 +112,6 @@ def test_django_cursor_wrapper_runs_execute_wrappers_as_hook_cursors_does(django
 def test_fast_lookups_read_the_storage_in_place_now():
     """``speed_up_lookups`` twice with the same storage changes nothing; after the
     ``--preload`` repair gives the ``Local`` a fresh storage, lookups read the fresh one."""
-    import threading
 
     from asgiref.local import Local
 

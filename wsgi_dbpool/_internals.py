@@ -218,10 +218,10 @@ def speed_up_lookups(local: Any, storage: Any) -> None:
     case. Writes and deletes stay asgiref's (rare: a connection made, a binding).
     """
     base = type(local)
-    if _FAST_LOCALS.get(base, storage) is not storage:
+    if base in _FAST_LOCALS:
+        if _FAST_LOCALS[base] is storage:
+            return  # already reading this storage
         base = base.__mro__[1]  # made for a storage since replaced: make it again
-    elif base in _FAST_LOCALS:
-        return
     running_loop = asyncio.events._get_running_loop
     lookup = base.__getattr__
 

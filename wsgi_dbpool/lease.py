@@ -74,7 +74,8 @@ class ConnectionSlots:
     thread, so asgiref would use its plain thread-local anyway: we use that same
     object directly when it is there, and the ``Local`` itself otherwise. Either way
     ``getattr``/``setattr``/``delattr`` on :attr:`storage` mean exactly what they
-    mean on ``connections``.
+    mean on ``connections``. Django's own reads (``connections[alias]``) take the same
+    shortcut once the storage is found (:func:`~wsgi_dbpool._internals.speed_up_lookups`).
     """
 
     def __init__(self) -> None:
