@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -206,10 +207,8 @@ def per_request(stack: str, db: Any, args: argparse.Namespace) -> dict[str, Any]
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """A stack's rounds: the median per request (what the table compares), and each round's."""
-    each = sorted(r["instructions"] for r in rounds)
-    middle = len(each) // 2
-    median = each[middle] if len(each) % 2 else (each[middle - 1] + each[middle]) / 2
-    return {"instructions": median, "rounds": [r["instructions"] for r in rounds], "runs": rounds}
+    each = [r["instructions"] for r in rounds]
+    return {"instructions": statistics.median(each), "rounds": each, "runs": rounds}
 
 
 def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
